@@ -1,0 +1,101 @@
+"""Backbones: BagNet-77 as Table 4, EfficientNet from keras.applications."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tnet_tf import backbones
+from tnet_tf.config import BackboneConfig
+
+
+def test_bagnet77_endpoints_params_and_initialisation():
+    model = backbones.bagnet77(77, spatial_dropout=0.5)
+    feature_map, vector = model.outputs
+    assert tuple(feature_map.shape) == (None, 9, 9, 1024)
+    assert tuple(vector.shape) == (None, 512)
+    # Table 4 backbone + FC-1000 = 20,546,664 parameters (replication.md).
+    assert model.count_params() + 512 * 1000 + 1000 == 20_546_664
+    layer_types = {type(layer) for layer in model.layers}
+    assert tf.keras.layers.BatchNormalization not in layer_types
+    assert tf.keras.layers.SpatialDropout2D in layer_types
+    convs = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.Conv2D)]
+    assert all(isinstance(c.kernel_initializer, tf.keras.initializers.GlorotUniform) for c in convs)
+    assert all(not np.any(c.bias.numpy()) for c in convs)
+    assert all(isinstance(layer, tf.keras.layers.LeakyReLU) for layer in model.layers
+               if layer.name.endswith("_out"))
+
+
+def test_bagnet77_is_fully_convolutional_at_224():
+    model = backbones.bagnet77(224)
+    feature_map, vector = model(tf.zeros([1, 224, 224, 3]))
+    assert vector.shape == (1, 512)
+    assert feature_map.shape[1] > 9
+
+
+@pytest.mark.parametrize("name, channels, blocks, last_residual",
+                         [("efficientnet-b0", 80, 16, 14), ("efficientnet-b2", 88, 23, 22)])
+def test_efficientnet_taps_stage4_output(name, channels, blocks, last_residual):
+    model = backbones.efficientnet(name, 224, stochastic_depth=0.3)
+    feature_map, vector = model.outputs
+    assert tuple(feature_map.shape) == (None, 14, 14, channels)
+    assert feature_map.node.layer.name == backbones.EFFICIENTNET_LOCATION_LAYER[name]
+    rates = [layer.rate for layer in model.layers
+             if isinstance(layer, tf.keras.layers.Dropout) and "drop" in layer.name]
+    # Keras' linear schedule: block b of B drops with 0.3 * b / B (blocks without a residual
+    # connection have no stochastic depth).
+    assert rates == sorted(rates)
+    assert max(rates) == pytest.approx(0.3 * last_residual / blocks)
+
+
+def test_efficientnet_b0_8th_mbconv_block_is_the_tap():
+    model = backbones.efficientnet("efficientnet-b0", 224)
+    block_names = sorted({layer.name.split("_")[0] for layer in model.layers
+                          if layer.name.startswith("block")})
+    assert block_names[7] == "block4c"
+    assert model.outputs[0].node.layer.name == "block4c_add"
+
+
+def test_pretrained_weight_file_loads_and_sees_imagenet_normalised_input(tmp_path):
+    reference = tf.keras.applications.EfficientNetB0(include_top=False, weights=None,
+                                                     input_shape=(64, 64, 3), pooling="avg")
+    path = str(tmp_path / "efficientnetb0_notop.h5")
+    reference.save_weights(path)
+
+    model = backbones.efficientnet("efficientnet-b0", 64, pretrained=path)
+    images = tf.random.uniform([2, 64, 64, 3], -1.0, 1.0)
+    # The weights arrived: every conv kernel equals the reference's.
+    ours = {l.name: l.get_weights() for l in model.layers if isinstance(l, tf.keras.layers.Conv2D)}
+    for layer in reference.layers:
+        if isinstance(layer, tf.keras.layers.Conv2D):
+            np.testing.assert_array_equal(ours[layer.name][0], layer.get_weights()[0])
+    # The network sees (pixel / 255 - mean) / std of the [0, 255] image.
+    normalization = next(l for l in model.layers if isinstance(l, tf.keras.layers.Normalization))
+    probe = tf.keras.Model(model.inputs, normalization.output)
+    pixels = (images.numpy() + 1.0) * 127.5
+    expected = (pixels / 255.0 - np.array(backbones.IMAGENET_MEAN_RGB)) / np.array(
+        backbones.IMAGENET_STDDEV_RGB)
+    np.testing.assert_allclose(probe(images).numpy(), expected, atol=1e-4)
+    # And with the same normalisation, its features equal the reference network's.
+    reference_norm = next(l for l in reference.layers
+                          if isinstance(l, tf.keras.layers.Normalization))
+    reference_norm.set_weights(normalization.get_weights())
+    reference_norm.finalize_state()
+    np.testing.assert_allclose(model(images)[1].numpy(), reference(pixels).numpy(), atol=1e-4)
+
+
+def test_missing_weight_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no_such.h5"):
+        backbones.efficientnet("efficientnet-b0", 64, pretrained=str(tmp_path / "no_such.h5"))
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="backbone.name"):
+        BackboneConfig(name="resnet50")
+    with pytest.raises(ValueError, match="backbone.pretrained"):
+        BackboneConfig(name="bagnet77", pretrained="imagenet")
+
+
+def test_compact_backbone_taps_stride_8():
+    model = backbones.build_backbone(BackboneConfig(name="compact", width=8), 64)
+    feature_map, vector = model.outputs
+    assert tuple(feature_map.shape) == (None, 8, 8, 32)
+    assert tuple(vector.shape) == (None, 64)

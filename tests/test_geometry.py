@@ -1,0 +1,146 @@
+"""Geometry: grid cells, box composition, crops, receptive fields, positional codes."""
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tnet_tf import backbones, geometry
+
+
+def test_grid_3x3_at_448_has_224px_cells_with_112px_stride():
+    boxes = geometry.grid_boxes(3, 0.5) * 448
+    starts = [0, 112, 224]
+    expected = [[y, x, y + 224, x + 224] for y in starts for x in starts]
+    np.testing.assert_allclose(boxes, expected, atol=1e-9)
+
+
+def test_grid_5x5_at_224_has_77px_cells_reaching_the_far_edge():
+    boxes = geometry.grid_boxes(5, 0.34375) * 224
+    np.testing.assert_allclose(boxes[:, 2] - boxes[:, 0], 77.0)
+    np.testing.assert_allclose(boxes[:5, 1], [0, 36.75, 73.5, 110.25, 147.0])
+    np.testing.assert_allclose(boxes[-1], [147, 147, 224, 224])
+    # row-major: index = row * 5 + column
+    np.testing.assert_allclose(boxes[7], [36.75, 73.5, 113.75, 150.5])
+
+
+def test_level3_box_is_the_composition_of_parent_and_child_cells():
+    cells = geometry.grid_boxes(3, 0.5)
+    parent, child = cells[5], cells[7]          # parent: row 1, col 2; child: row 2, col 1
+    # By hand in 896 px: parent spans y 224..672, x 448..896 (448 px); the child cell of a
+    # 448 px region at row 2, col 1 starts 224 px down and 112 px right, 224 px wide.
+    expected = np.array([224 + 224, 448 + 112, 224 + 224 + 224, 448 + 112 + 224]) / 896
+    np.testing.assert_allclose(geometry.compose_boxes(parent, child), expected)
+    tensor = geometry.compose_boxes(tf.constant(parent[None], tf.float32),
+                                    tf.constant(child[None], tf.float32))
+    np.testing.assert_allclose(tensor.numpy()[0], expected, rtol=1e-6)
+
+
+def _crop(image, box, size):
+    boxes = geometry.crop_and_resize_boxes(tf.constant([box], tf.float32), image.shape[0],
+                                           image.shape[1], size)
+    return tf.image.crop_and_resize(image[None], boxes, [0], [size, size])[0].numpy()
+
+
+def test_whole_image_box_equals_bilinear_resize():
+    image = tf.random.uniform([96, 80, 3])
+    direct = tf.image.resize(image, [32, 32], method="bilinear", antialias=False).numpy()
+    np.testing.assert_allclose(_crop(image, [0, 0, 1, 1], 32), direct, atol=1e-5)
+
+
+def test_cell_crop_at_native_resolution_is_an_exact_pixel_copy():
+    image = tf.random.uniform([64, 64, 3])
+    box = geometry.grid_boxes(3, 0.5)[5]        # row 1, col 2 -> pixels y 16..48, x 32..64
+    np.testing.assert_allclose(_crop(image, box, 32), image.numpy()[16:48, 32:64], atol=1e-6)
+
+
+@pytest.mark.parametrize("grid_size, fraction, parent_index, child_index",
+                         [(3, 0.5, 4, 2), (5, 0.34375, 7, 18), (3, 0.6, 8, 0)])
+def test_direct_crop_equals_crop_of_the_parent_crop(grid_size, fraction, parent_index,
+                                                     child_index):
+    x = np.linspace(0, 6, 896)
+    smooth = np.sin(x[:, None] + 0.5 * x[None, :])    # smooth, so interpolation error is small
+    image = tf.constant(np.stack([smooth, smooth.T, smooth * 0.5], -1), tf.float32)
+    cells = geometry.grid_boxes(grid_size, fraction)
+    parent, child = cells[parent_index], cells[child_index]
+    parent_crop = _crop(image, parent, 448)
+    two_step = _crop(tf.constant(parent_crop), child, 224)
+    direct = _crop(image, geometry.compose_boxes(parent, child), 224)
+    np.testing.assert_allclose(direct, two_step, atol=2e-3)
+
+
+def test_bagnet77_receptive_fields_match_table_4():
+    fields = geometry.receptive_fields(backbones.bagnet77(77))
+    table4 = {"stem_act": (75, 3), "block1_out": (38, 5), "block2_out": (38, 9),
+              "block4_out": (19, 13), "block5_out": (19, 21), "block8_out": (9, 29),
+              "block9_out": (9, 45), "block13_out": (9, 45), "block14_out": (7, 61),
+              "block15_out": (7, 77), "top_act": (7, 77)}
+    for name, (size, field) in table4.items():
+        rows, cols = fields[name]
+        assert (rows.size, rows.receptive_field) == (size, field), name
+        assert cols == rows
+    assert fields["avg_pool"] is None
+
+
+def test_efficientnet_b0_receptive_fields_match_table_5():
+    fields = geometry.receptive_fields(backbones.efficientnet("efficientnet-b0", 224))
+    table5 = {"stem_activation": (112, 3), "block1a_project_bn": (112, 7),
+              "block2a_project_bn": (56, 11), "block2b_add": (56, 19),
+              "block3a_project_bn": (28, 35), "block3b_add": (28, 67),
+              "block4a_project_bn": (14, 83), "block4b_add": (14, 115),
+              "block4c_add": (14, 147)}
+    for name, (size, field) in table5.items():
+        rows, _ = fields[name]
+        assert (rows.size, rows.receptive_field) == (size, field), name
+
+
+def test_aligned_pixels_of_efficientnet_b0_for_the_3x3_grid():
+    rows, _ = geometry.receptive_fields(backbones.efficientnet("efficientnet-b0", 224))["block4c_add"]
+    # Keras pads the stem (3x3, stride 2) of an even input by (0, 1): output pixel 0 covers
+    # input pixels 0..2, centred 1.5 px from the edge. Each stride-2 block doubles the jump
+    # and, padded by (k // 2 - 1, k // 2), moves the first centre by (jump_in / 2): 15.5 px.
+    assert rows.jump == 16.0 and rows.start == 15.5
+    centres = 15.5 + 16 * np.arange(14)
+    cell_centres = np.array([56.0, 112.0, 168.0])   # 224 px cells of the 448 input at 224 px
+    by_hand = [int(np.argmin(np.abs(centres - c))) for c in cell_centres]
+    assert by_hand == [3, 6, 10]
+    np.testing.assert_array_equal(geometry.aligned_indices(rows.centres(), 224, 3, 0.5), by_hand)
+
+
+def test_aligned_pixels_of_bagnet77_for_the_5x5_grid():
+    rows, _ = geometry.receptive_fields(backbones.bagnet77(77))["block13_out"]
+    assert (rows.jump, rows.start) == (8.0, 7.5)
+    cell = 0.34375 * 77
+    cell_centres = cell / 2 + np.arange(5) * (77 - cell) / 4
+    by_hand = [int(np.argmin(np.abs(7.5 + 8 * np.arange(9) - c))) for c in cell_centres]
+    np.testing.assert_array_equal(geometry.aligned_indices(rows.centres(), 77, 5, 0.34375), by_hand)
+
+
+def _numpy_code_paper(x, y, s, size):
+    count = math.ceil(size / 6)
+    code = []
+    for value in (x, y, s):
+        for function in (np.sin, np.cos):
+            code += [function(value * 0.01 ** (t / count)) for t in range(count)]
+    return np.array(code[:size])
+
+
+def _numpy_code_release(x, y, s, size):
+    count = size // 6
+    code = []
+    for value in (y, x, s):
+        for function in (np.sin, np.cos):
+            code += [function(value * 100.0 ** (-t / (count - 1))) for t in range(count)]
+    return np.array(code + [0.0] * (size - len(code)))
+
+
+@pytest.mark.parametrize("size", [320, 512, 13])
+def test_positional_code_matches_numpy(size):
+    triplets = [(0, 0, 0), (2, 1, 1), (8, 5, 2), (3.5, 0.25, 1)]
+    x, y, s = (tf.constant([t[i] for t in triplets], tf.float32) for i in range(3))
+    paper = geometry.positional_code(x, y, s, size).numpy()
+    release = geometry.positional_code(x, y, s, size, "release").numpy()
+    assert paper.shape == release.shape == (len(triplets), size)
+    for row, triplet in enumerate(triplets):
+        np.testing.assert_allclose(paper[row], _numpy_code_paper(*triplet, size), atol=1e-5)
+        np.testing.assert_allclose(release[row], _numpy_code_release(*triplet, size), atol=1e-5)

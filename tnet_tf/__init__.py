@@ -1,0 +1,12 @@
+"""tnet_tf: TNet, the multi-scale hard-attention classifier, in TensorFlow 2 / Keras.
+
+    import tnet_tf
+    model = tnet_tf.TNet(tnet_tf.get_preset("fmow"))
+    outputs = model(images, locations=[2])      # images: [B, 448, 448, 3] in [-1, 1]
+    outputs["logits"], outputs["boxes"], outputs["location_probs"]
+"""
+from tnet_tf.config import PRESETS, BackboneConfig, TNetConfig, get_preset
+from tnet_tf.tnet import TNet, Classifier, reachable_levels, select_cells
+
+__all__ = ["PRESETS", "BackboneConfig", "TNetConfig", "get_preset", "TNet", "Classifier",
+           "reachable_levels", "select_cells"]

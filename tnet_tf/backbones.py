@@ -1,0 +1,180 @@
+"""Feature extraction modules: BagNet-77 (Table 4) and EfficientNet-B0..B4.
+
+Every backbone is a flat functional `tf.keras.Model` that takes images in
+[-1, 1] and returns `[feature_map, feature_vector]`: the intermediate map
+that feeds the location module and the globally pooled final feature. Being
+flat and functional lets `geometry.receptive_fields` derive where each
+feature-map pixel looks, and lets FLOPs counters see every layer.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tnet_tf.config import BackboneConfig
+
+layers = tf.keras.layers
+
+# BagNet-77 feature extraction (Table 4): (kernel, channels, stride, padding) per ConvBlock.
+BAGNET77_BLOCKS = (
+    (3, 256, 2, "same"), (3, 256, 1, "same"), (1, 256, 1, "same"),
+    (3, 512, 2, "same"), (3, 512, 1, "same"), (1, 512, 1, "same"), (1, 512, 1, "same"),
+    (3, 1024, 2, "valid"), (3, 1024, 1, "same"),
+    (1, 1024, 1, "same"), (1, 1024, 1, "same"), (1, 1024, 1, "same"), (1, 1024, 1, "same"),
+    (3, 2048, 1, "valid"), (3, 2048, 1, "same"), (1, 2048, 1, "same"),
+)
+BAGNET77_LOCATION_LAYER = "block13_out"   # 9x9x1024, receptive field 45 px
+BAGNET77_FEATURES = 512
+
+COMPACT_STAGES = 4
+COMPACT_LOCATION_LAYER = "stage3_out"   # stride 8
+
+_EFFICIENTNETS = {
+    "efficientnet-b0": tf.keras.applications.EfficientNetB0,
+    "efficientnet-b1": tf.keras.applications.EfficientNetB1,
+    "efficientnet-b2": tf.keras.applications.EfficientNetB2,
+    "efficientnet-b3": tf.keras.applications.EfficientNetB3,
+    "efficientnet-b4": tf.keras.applications.EfficientNetB4,
+}
+# The output of the last block of stage 4 (stride 16); for B0 this is the 8th MBConv block.
+EFFICIENTNET_LOCATION_LAYER = {
+    "efficientnet-b0": "block4c_add", "efficientnet-b1": "block4d_add",
+    "efficientnet-b2": "block4d_add", "efficientnet-b3": "block4e_add",
+    "efficientnet-b4": "block4f_add",
+}
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
+_KERAS_WEIGHTS_URL = "https://storage.googleapis.com/keras-applications/{name}_notop.h5"
+
+
+def build_backbone(config: BackboneConfig, input_size: Optional[int]) -> tf.keras.Model:
+    """Builds the backbone named by `config` for square inputs of `input_size`.
+
+    `input_size=None` builds a size-agnostic BagNet-77; EfficientNet needs
+    a static size (Keras pads its strided convolutions by the input size).
+    """
+    if config.name == "compact":
+        return compact_cnn(input_size, config.width, config.spatial_dropout,
+                           config.location_layer or COMPACT_LOCATION_LAYER)
+    if config.name == "bagnet77":
+        return bagnet77(input_size, config.spatial_dropout, config.leaky_relu_alpha,
+                        config.location_layer or BAGNET77_LOCATION_LAYER)
+    if input_size is None:
+        raise ValueError("EfficientNet backbones need a static input_size")
+    return efficientnet(config.name, input_size, config.stochastic_depth, config.pretrained,
+                        config.location_layer or EFFICIENTNET_LOCATION_LAYER[config.name])
+
+
+def bagnet77(input_size: Optional[int] = 77, spatial_dropout: float = 0.0,
+             alpha: float = 0.2, location_layer: str = BAGNET77_LOCATION_LAYER) -> tf.keras.Model:
+    """BagNet-77 of Table 4: Leaky ReLU, no batch norm, Xavier init, zero biases.
+
+    A ConvBlock is a ResNet bottleneck (1x1 C/4, k x k C/4 with stride and
+    padding, 1x1 C); its shortcut is a strided 1x1 convolution when the
+    stride or width changes, and is cropped by (k - 1) / 2 pixels per side
+    when the block's padding is VALID. Leaky ReLU follows the residual sum.
+    """
+    inputs = layers.Input([input_size, input_size, 3], name="image")
+    activation = lambda name: layers.LeakyReLU(alpha, name=name)  # noqa: E731
+
+    x = layers.Conv2D(64, 3, padding="valid", name="stem_conv")(inputs)
+    x = activation("stem_act")(x)
+    for index, (kernel, channels, stride, padding) in enumerate(BAGNET77_BLOCKS, start=1):
+        name = f"block{index}"
+        shortcut = x
+        y = layers.Conv2D(channels // 4, 1, name=f"{name}_conv1")(x)
+        y = activation(f"{name}_act1")(y)
+        y = layers.Conv2D(channels // 4, kernel, strides=stride, padding=padding,
+                          name=f"{name}_conv2")(y)
+        y = activation(f"{name}_act2")(y)
+        y = layers.Conv2D(channels, 1, name=f"{name}_conv3")(y)
+        if padding == "valid" and kernel > 1:
+            margin = (kernel - 1) // 2
+            shortcut = layers.Cropping2D(margin, name=f"{name}_crop")(shortcut)
+        if stride > 1 or shortcut.shape[-1] != channels:
+            shortcut = layers.Conv2D(channels, 1, strides=stride, name=f"{name}_shortcut")(shortcut)
+        x = layers.Add(name=f"{name}_add")([y, shortcut])
+        x = activation(f"{name}_out")(x)
+    x = layers.SpatialDropout2D(spatial_dropout, name="top_dropout")(x)
+    x = layers.Conv2D(BAGNET77_FEATURES, 1, name="top_conv")(x)
+    x = activation("top_act")(x)
+    vector = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    return _with_two_outputs(inputs, vector, location_layer, "bagnet77")
+
+
+def compact_cnn(input_size: Optional[int] = 32, width: int = 16, dropout: float = 0.0,
+                location_layer: str = COMPACT_LOCATION_LAYER) -> tf.keras.Model:
+    """A small CNN for CPU demos and tests: 4 stages of (3x3 stride-2 conv,
+    3x3 conv), batch norm and SiLU, `width * 2**stage` channels, then GAP.
+    Its feature vector has `8 * width` channels; the location module reads
+    the output of stage 3 (stride 8)."""
+    inputs = layers.Input([input_size, input_size, 3], name="image")
+    x = inputs
+    for stage in range(1, COMPACT_STAGES + 1):
+        for index, stride in enumerate((2, 1), start=1):
+            x = layers.Conv2D(width * 2 ** (stage - 1), 3, strides=stride, padding="same",
+                              use_bias=False, name=f"stage{stage}_conv{index}")(x)
+            x = layers.BatchNormalization(name=f"stage{stage}_bn{index}")(x)
+            x = layers.Activation("swish", name=f"stage{stage}_act{index}" if index == 1
+                                  else f"stage{stage}_out")(x)
+    x = layers.SpatialDropout2D(dropout, name="top_dropout")(x)
+    vector = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    return _with_two_outputs(inputs, vector, location_layer, "compact")
+
+
+def efficientnet(name: str, input_size: int, stochastic_depth: float = 0.0,
+                 pretrained: Optional[str] = None,
+                 location_layer: Optional[str] = None) -> tf.keras.Model:
+    """A `tf.keras.applications` EfficientNet taking [-1, 1] images.
+
+    Keras EfficientNets rescale [0, 255] inputs internally, so the images
+    are mapped to [0, 255] first. `pretrained` is None, "imagenet" or the
+    path of a Keras weight file; with ImageNet weights the input
+    normalisation is set to the ImageNet mean and variance, which is what
+    the weights were trained with (the Keras weight files store the standard
+    deviation in the variance slot, which Keras only corrects for
+    `weights="imagenet"`).
+    """
+    if name not in _EFFICIENTNETS:
+        raise ValueError(f"unknown EfficientNet {name!r}; choose one of {', '.join(_EFFICIENTNETS)}")
+    inputs = layers.Input([input_size, input_size, 3], name="image")
+    x = layers.Rescaling(127.5, offset=127.5, name="to_0_255")(inputs)
+    network = _EFFICIENTNETS[name](include_top=False, weights=None, input_tensor=x,
+                                   pooling="avg", drop_connect_rate=stochastic_depth)
+    if pretrained is not None:
+        network.load_weights(_weights_path(name, pretrained))
+        normalization = next(l for l in network.layers if isinstance(l, layers.Normalization))
+        normalization.set_weights([np.array(IMAGENET_MEAN_RGB, np.float32),
+                                   np.square(np.array(IMAGENET_STDDEV_RGB, np.float32)),
+                                   normalization.get_weights()[2]])
+        normalization.finalize_state()
+    return _with_two_outputs(inputs, network.output,
+                             location_layer or EFFICIENTNET_LOCATION_LAYER[name], name)
+
+
+def _weights_path(name: str, pretrained: str) -> str:
+    if pretrained != "imagenet":
+        if not os.path.isfile(pretrained):
+            raise FileNotFoundError(f"pretrained weights file not found: {pretrained}")
+        return pretrained
+    file_name = name.replace("-", "")
+    try:
+        return tf.keras.utils.get_file(f"{file_name}_notop.h5",
+                                       _KERAS_WEIGHTS_URL.format(name=file_name),
+                                       cache_subdir="models")
+    except Exception as error:  # noqa: BLE001 - any download failure gets the same advice
+        raise RuntimeError(
+            f"could not download the ImageNet weights of {name} ({error}); without internet, "
+            f"pass the path of a Keras weight file ({file_name}_notop.h5) instead") from error
+
+
+def _with_two_outputs(inputs, vector, location_layer: str, name: str) -> tf.keras.Model:
+    graph = tf.keras.Model(inputs, vector)
+    try:
+        feature_map = graph.get_layer(location_layer).output
+    except ValueError as error:
+        raise ValueError(f"location_layer {location_layer!r} is not a layer of {name}") from error
+    return tf.keras.Model(inputs, [feature_map, vector], name=name.replace("-", "_"))

@@ -1,0 +1,263 @@
+"""TNet: walk an image pyramid top down, attending the most useful cells.
+
+Level 1 sees the whole image at the base resolution. The location module
+scores the n x n grid of overlapping cells of every glimpse; the chosen
+cells become the glimpses of the next level, cut from the full-resolution
+input with one `tf.image.crop_and_resize` call per level (boxes are
+composed across levels, so intermediate crops are never materialised).
+Every glimpse goes through the same backbone; its feature vector gets the
+positional code of its (x, y, scale) and the encoded features are averaged
+(or weighted) and classified.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from tnet_tf import geometry
+from tnet_tf.backbones import build_backbone
+from tnet_tf.config import TNetConfig
+from tnet_tf.modules import ClassificationModule, FeatureWeighting, LocationModule, PositionalEncoding
+
+SELECTIONS = ("top_k", "sample")
+
+
+def select_cells(log_probs, count: int, selection: str = "top_k", seed: Optional[int] = None):
+    """Indices [N, count] of the cells to attend, given log-probabilities [N, K].
+
+    "top_k": the `count` most probable cells (the paper's approximation of
+    sampling without replacement, Appendix A.2). "sample": sampling without
+    replacement by the Gumbel-top-k trick (the top `count` of log p + Gumbel
+    noise are an exact sample without replacement, in sampling order).
+    """
+    if selection == "sample":
+        uniform = tf.random.uniform(tf.shape(log_probs), minval=1e-12, maxval=1.0, seed=seed)
+        log_probs = log_probs - tf.math.log(-tf.math.log(uniform))
+    elif selection != "top_k":
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}; got {selection!r}")
+    return tf.math.top_k(log_probs, k=count, sorted=True).indices
+
+
+def reachable_levels(image_size: int, base_resolution: int, cell_fraction: float) -> int:
+    """The number of levels an image of `image_size` px supports.
+
+    A further level adds resolution only while the cells of the previous
+    level span more input pixels than the base resolution: level l >= 2 is
+    reachable when `image_size * cell_fraction ** (l - 2) > base_resolution`.
+    """
+    levels = 1
+    while image_size * cell_fraction ** (levels - 1) > base_resolution + 1e-6:
+        levels += 1
+    return levels
+
+
+class TNet(tf.keras.Model):
+    """TNet (Papadopoulos et al., 2021) as a Keras model.
+
+    `model(images, locations=None, training=False, selection="top_k")`
+
+    Args:
+      images: [B, H, W, 3] float images in [-1, 1] at full resolution.
+      locations: cells attended per level below the first, e.g. [2] or
+        [2, 1] (1 cell per level-2 glimpse); None uses `config.locations`.
+        Any budget the image size can reach works without rebuilding.
+      selection: "top_k" or "sample" (Gumbel-top-k, for training).
+
+    Returns a dict (F = number of extracted features, level 1 first, then
+    level 2, then level 3 grouped by parent; A = F - 1 attended locations):
+      logits: [B, classes], from the averaged (or weighted) features.
+      feature_logits: [B, F, classes], each feature classified alone.
+      features: [B, F, D], the position-encoded features.
+      feature_weights: [B, F], the weights of the features (sum to 1).
+      feature_levels: [F] int32, the level of each feature.
+      feature_parents: [F] int32, the feature whose grid each feature's
+        cell was chosen from (-1 for level 1).
+      locations: [B, A] int32, the chosen cell of each attended feature
+        (row-major index in its n x n grid).
+      location_log_probs: [B, A], log-probability of each chosen cell under
+        its own grid's distribution; their sum is the log-probability of the
+        whole location sequence in the paper's approximation (A.2).
+      location_probs: list, per level that chose cells, [B, P, n * n]: the
+        full distributions of the P glimpses of that level.
+      boxes: list, per level, [B, P, 4] boxes of the glimpses
+        `[y1, x1, y2, x2]` as fractions of the input (edge-normalised).
+    """
+
+    def __init__(self, config: TNetConfig, **kwargs):
+        super().__init__(name=kwargs.pop("name", "tnet"), **kwargs)
+        self.config = config
+        base, n = config.base_resolution, config.grid_size
+        self.backbone = build_backbone(config.backbone, base)
+        tap = self.backbone.outputs[0].node.layer.name
+        rows, cols = geometry.receptive_fields(self.backbone)[tap]
+        self.grid_rows = geometry.aligned_indices(rows.centres(), base, n, config.cell_fraction)
+        self.grid_cols = geometry.aligned_indices(cols.centres(), base, n, config.cell_fraction)
+        self.cell_boxes = geometry.grid_boxes(n, config.cell_fraction).astype(np.float32)
+        self.location_module = LocationModule(
+            n, config.location_module, config.location_width, config.location_se_width,
+            config.backbone.leaky_relu_alpha, config.initializer, name="location_module")
+        self.positional_encoding = PositionalEncoding(
+            config.positional_fusion, config.initializer, name="positional_encoding")
+        self.classifier = ClassificationModule(
+            config.num_classes, config.dropout, config.initializer, name="classifier")
+        self.feature_weighting = (FeatureWeighting(config.initializer, name="feature_weighting")
+                                  if config.feature_weighting else None)
+
+    # ------------------------------------------------------------------
+    def resolve_locations(self, locations: Optional[Sequence[int]]) -> Tuple[int, ...]:
+        """Validates a per-level location budget; None gives the config's."""
+        if locations is None:
+            locations = self.config.locations
+        elif isinstance(locations, (int, np.integer)):
+            locations = (int(locations),)
+        locations = tuple(int(k) for k in locations)
+        cells = self.config.grid_size ** 2
+        for level, k in enumerate(locations, start=2):
+            if not 0 <= k <= cells:
+                raise ValueError(f"locations: level {level} asks for {k} locations; a "
+                                 f"{self.config.grid_size}x{self.config.grid_size} grid has "
+                                 f"{cells} cells")
+            if k and level > 2 and locations[level - 3] == 0:
+                raise ValueError(f"locations {list(locations)}: level {level} cannot attend "
+                                 f"cells when level {level - 1} attends none")
+        return locations
+
+    def _check_images(self, images, locations):
+        shape = images.shape
+        if shape.rank != 4:
+            raise ValueError(f"images must be a [batch, height, width, 3] tensor; got shape {shape}")
+        if shape[-1] != 3:
+            raise ValueError(f"images must have 3 (RGB) channels; got {shape[-1]} "
+                             f"(shape {shape})")
+        if shape[1] is None or shape[2] is None:
+            return
+        size, base = min(shape[1], shape[2]), self.config.base_resolution
+        if size < base:
+            raise ValueError(f"images of {shape[1]}x{shape[2]} px are smaller than the "
+                             f"{base} px base resolution")
+        levels = 1 + sum(1 for k in locations if k > 0)
+        reachable = reachable_levels(size, base, self.config.cell_fraction)
+        if levels > reachable:
+            needed = base / self.config.cell_fraction ** (levels - 2)
+            raise ValueError(
+                f"images of {shape[1]}x{shape[2]} px cannot reach {levels} levels "
+                f"(locations {list(locations)}): a level adds resolution only while the "
+                f"previous level's cells span more than the {base} px base resolution, so "
+                f"{levels} levels need images larger than {needed:.0f} px; at this size at "
+                f"most {reachable} level(s)")
+
+    def _glimpse_features(self, images, boxes, training):
+        """Crops boxes [B, P, 4] from the images; returns the backbone outputs."""
+        count = boxes.shape[1]
+        flat = tf.reshape(boxes, [-1, 4])
+        shape = tf.shape(images)
+        crop_boxes = geometry.crop_and_resize_boxes(flat, shape[1], shape[2],
+                                                    self.config.base_resolution)
+        indices = tf.repeat(tf.range(shape[0]), count)
+        size = [self.config.base_resolution] * 2
+        glimpses = tf.image.crop_and_resize(tf.cast(images, tf.float32), crop_boxes, indices, size)
+        return self.backbone(glimpses, training=training)
+
+    def call(self, images, locations=None, training=None, selection="top_k"):
+        locations = self.resolve_locations(locations)
+        images = tf.convert_to_tensor(images)
+        self._check_images(images, locations)
+        config, n = self.config, self.config.grid_size
+        batch = tf.shape(images)[0]
+        boxes = tf.tile(tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), [batch, 1, 1])
+        cells = tf.zeros([batch, 1, 2])   # (x, y) cell coordinates at the current level
+        features, levels, parents = [], [], [-1]
+        chosen, chosen_log_probs, distributions, all_boxes = [], [], [], [boxes]
+
+        for level in range(1, len(locations) + 2):
+            count = boxes.shape[1]
+            feature_map, vector = self._glimpse_features(images, boxes, training)
+            vector = tf.reshape(vector, [batch, count, vector.shape[-1]])
+            code = geometry.positional_code(cells[..., 0], cells[..., 1],
+                                            tf.fill(tf.shape(cells[..., 0]), float(level - 1)),
+                                            config.code_size, config.code_variant)
+            first = len(levels)
+            features.append(self.positional_encoding([vector, code]))
+            levels += [level] * count
+            if level > len(locations):
+                break
+            grid = tf.gather(tf.gather(feature_map, self.grid_rows, axis=1), self.grid_cols, axis=2)
+            log_probs = tf.nn.log_softmax(self.location_module(
+                grid, context=tf.reshape(vector, [-1, vector.shape[-1]])), axis=-1)
+            distributions.append(tf.reshape(tf.exp(log_probs), [batch, count, n * n]))
+            k = locations[level - 1]
+            if k == 0:
+                break
+            index = select_cells(log_probs, k, selection)                      # [B*P, k]
+            chosen.append(tf.reshape(index, [batch, count * k]))
+            chosen_log_probs.append(tf.reshape(tf.gather(log_probs, index, batch_dims=1),
+                                               [batch, count * k]))
+            child = tf.gather(self.cell_boxes, index)                            # [B*P, k, 4]
+            boxes = tf.reshape(geometry.compose_boxes(tf.reshape(boxes, [-1, 1, 4]), child),
+                               [batch, count * k, 4])
+            offsets = tf.cast(tf.stack([index % n, index // n], axis=-1), tf.float32)
+            cells = tf.reshape(tf.reshape(cells, [-1, 1, 2]) * n + offsets, [batch, count * k, 2])
+            all_boxes.append(boxes)
+            parents += [first + p for p in range(count) for _ in range(k)]
+
+        encoded = tf.concat(features, axis=1)                                    # [B, F, D]
+        if self.feature_weighting is not None:
+            weights = self.feature_weighting(encoded)
+        else:
+            weights = tf.fill(tf.shape(encoded)[:2], 1.0 / len(levels))
+        pooled = tf.reduce_sum(tf.cast(weights[..., None], encoded.dtype) * encoded, axis=1)
+        attended = len(levels) - 1
+        return {
+            "logits": self.classifier(pooled, training=training),
+            "feature_logits": self.classifier(encoded, training=training),
+            "features": encoded,
+            "feature_weights": weights,
+            "feature_levels": tf.constant(levels, tf.int32),
+            "feature_parents": tf.constant(parents, tf.int32),
+            "locations": (tf.concat(chosen, axis=1) if chosen
+                          else tf.zeros([batch, attended], tf.int32)),
+            "location_log_probs": (tf.concat(chosen_log_probs, axis=1) if chosen_log_probs
+                                   else tf.zeros([batch, attended])),
+            "location_probs": distributions,
+            "boxes": all_boxes,
+        }
+
+    def get_config(self):
+        return {"config": self.config.to_dict()}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return cls(TNetConfig.from_dict(config["config"]))
+
+
+class Classifier(tf.keras.Model):
+    """The paper's baselines: the backbone on the whole image, then the
+    classification module (BagNet-77 fully convolutional at 224 px,
+    EfficientNet-Bx at any input size). Returns logits [B, classes]."""
+
+    def __init__(self, config: TNetConfig, input_size: Optional[int] = None, **kwargs):
+        super().__init__(name=kwargs.pop("name", "classifier_baseline"), **kwargs)
+        self.config = config
+        self.input_size = int(input_size or config.input_size)
+        self.backbone = build_backbone(config.backbone, self.input_size)
+        self.classifier = ClassificationModule(config.num_classes, config.dropout,
+                                               config.initializer, name="classifier")
+
+    def call(self, images, training=None):
+        images = tf.convert_to_tensor(images)
+        expected = (self.input_size, self.input_size, 3)
+        if images.shape.rank != 4 or any(
+                size not in (None, want) for size, want in zip(images.shape[1:], expected)):
+            raise ValueError(f"images must have shape [batch, {self.input_size}, "
+                             f"{self.input_size}, 3]; got {images.shape}")
+        _, vector = self.backbone(images, training=training)
+        return self.classifier(vector, training=training)
+
+    def get_config(self):
+        return {"config": self.config.to_dict(), "input_size": self.input_size}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return cls(TNetConfig.from_dict(config["config"]), config["input_size"])
