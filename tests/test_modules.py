@@ -34,6 +34,8 @@ def test_location_module_uses_the_coordinates_and_the_context():
     assert np.std(logits) > 1e-4
     other = module(same, context=-tf.ones([1, 8])).numpy()
     assert not np.allclose(logits, other)
+    # Every layer has its own initialiser draw (one shared unseeded instance repeats values).
+    assert module.x_map.kernel.numpy() != module.y_map.kernel.numpy()
 
 
 def test_l2_normalised_logits_bound_the_softmax():

@@ -194,3 +194,32 @@ def test_baseline_classifier_at_any_size():
         assert baseline(tf.zeros([2, size, size, 3])).shape == (2, 5)
     with pytest.raises(ValueError, match="96, 96, 3"):
         baseline(tf.zeros([2, 64, 64, 3]))
+
+
+def test_location_budget_changes_the_cost_linearly(model):
+    from tnet_tf.profiling import count_flops_eq11
+
+    def flops(locations):
+        return count_flops_eq11(model, (128, 128, 3), locations=locations)
+
+    zero, one = flops([0]), flops([1])
+    per_location = one - zero            # one more glimpse: backbone + encoding + its logits
+    assert per_location > 0
+    assert flops([3]) - zero == 3 * per_location
+    # A third level adds 1 glimpse per level-2 parent plus the location module of each parent.
+    location_module = flops([2, 1]) - flops([2]) - 2 * per_location
+    assert location_module > 0
+    assert flops([2, 2]) - flops([2, 1]) == 2 * per_location
+
+
+def test_mixed_precision_keeps_float32_outputs(images):
+    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        net = tnet_tf.TNet(tiny_config())
+        out = net(images, locations=[2, 1])
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+    assert out["features"].dtype == tf.bfloat16
+    for key in ("logits", "feature_logits", "location_log_probs", "feature_weights"):
+        assert out[key].dtype == tf.float32, key
+        assert np.all(np.isfinite(out[key].numpy())), key

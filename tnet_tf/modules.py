@@ -16,12 +16,20 @@ EFFICIENTNET_DENSE_INIT = {"class_name": "VarianceScaling",
                                       "distribution": "uniform"}}
 
 
-def initializers(kind: str):
-    """(conv kernel, dense kernel) initialisers; biases are always zero."""
-    if kind == "efficientnet":
-        return (tf.keras.initializers.get(EFFICIENTNET_CONV_INIT),
-                tf.keras.initializers.get(EFFICIENTNET_DENSE_INIT))
-    return "glorot_uniform", "glorot_uniform"
+def conv_initializer(kind: str):
+    """A new kernel initialiser for a 1x1 convolution (biases are always zero).
+
+    Each layer gets its own instance: Keras returns identical values when
+    one unseeded instance initialises several layers.
+    """
+    spec = EFFICIENTNET_CONV_INIT if kind == "efficientnet" else "glorot_uniform"
+    return tf.keras.initializers.get(dict(spec) if isinstance(spec, dict) else spec)
+
+
+def dense_initializer(kind: str):
+    """A new kernel initialiser for a dense layer (biases are always zero)."""
+    spec = EFFICIENTNET_DENSE_INIT if kind == "efficientnet" else "glorot_uniform"
+    return tf.keras.initializers.get(dict(spec) if isinstance(spec, dict) else spec)
 
 
 class LocationModule(layers.Layer):
@@ -44,11 +52,10 @@ class LocationModule(layers.Layer):
         super().__init__(**kwargs)
         self.grid_size, self.variant, self.width = grid_size, variant, width
         self.se_width, self.leaky_relu_alpha, self.initializer = se_width, leaky_relu_alpha, initializer
-        conv_init, dense_init = initializers(initializer)
 
         def conv(filters, activation=None, name=None):
-            return layers.Conv2D(filters, 1, activation=activation, kernel_initializer=conv_init,
-                                 name=name)
+            return layers.Conv2D(filters, 1, activation=activation, name=name,
+                                 kernel_initializer=conv_initializer(initializer))
 
         if variant == "squeeze_excitation":
             self.input_conv = conv(width, "swish", "input_conv")
@@ -59,8 +66,10 @@ class LocationModule(layers.Layer):
             hidden_activation = lambda x: tf.nn.leaky_relu(x, leaky_relu_alpha)  # noqa: E731
         else:
             raise ValueError(f"unknown location module variant {variant!r}")
-        self.x_map = layers.Dense(1, kernel_initializer=dense_init, name="x_map")
-        self.y_map = layers.Dense(1, kernel_initializer=dense_init, name="y_map")
+        self.x_map = layers.Dense(1, kernel_initializer=dense_initializer(initializer),
+                                  name="x_map")
+        self.y_map = layers.Dense(1, kernel_initializer=dense_initializer(initializer),
+                                  name="y_map")
         self.hidden_conv = conv(width, hidden_activation, "hidden_conv")
         self.logit_conv = conv(1, None, "logit_conv")
         axis = np.linspace(-1.0, 1.0, grid_size, dtype=np.float32)
@@ -102,11 +111,11 @@ class PositionalEncoding(layers.Layer):
         if fusion not in ("concat_dense", "add_silu"):
             raise ValueError(f"unknown positional fusion {fusion!r}")
         self.fusion, self.initializer = fusion, initializer
-        self._dense_init = initializers(initializer)[1]
 
     def build(self, input_shape):
         features = input_shape[0][-1]
-        self.dense = layers.Dense(features, kernel_initializer=self._dense_init, name="dense")
+        self.dense = layers.Dense(features, kernel_initializer=dense_initializer(self.initializer),
+                                  name="dense")
         super().build(input_shape)
 
     def call(self, inputs):
@@ -128,7 +137,7 @@ class ClassificationModule(layers.Layer):
         super().__init__(**kwargs)
         self.num_classes, self.dropout_rate, self.initializer = num_classes, dropout, initializer
         self.dropout = layers.Dropout(dropout)
-        self.dense = layers.Dense(num_classes, kernel_initializer=initializers(initializer)[1],
+        self.dense = layers.Dense(num_classes, kernel_initializer=dense_initializer(initializer),
                                   name="logits")
 
     def call(self, features, training=None):
@@ -149,7 +158,7 @@ class FeatureWeighting(layers.Layer):
     def __init__(self, initializer: str = "efficientnet", **kwargs):
         super().__init__(**kwargs)
         self.initializer = initializer
-        self.score = layers.Dense(1, kernel_initializer=initializers(initializer)[1], name="score")
+        self.score = layers.Dense(1, kernel_initializer=dense_initializer(initializer), name="score")
 
     def call(self, features):
         return tf.nn.softmax(tf.cast(self.score(features)[..., 0], tf.float32), axis=-1)
