@@ -1,0 +1,173 @@
+"""Evaluation of a TNet over location budgets: accuracy, accuracy from the
+attended locations only, coverage per level, and the attended boxes.
+
+`evaluate_budgets` runs a dataset of (images, labels) batches once per
+budget and returns one row per budget; `write_table` saves rows as
+Markdown, CSV and JSON in the style of the paper's Tables 1-2.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+COVERAGE_RESOLUTION = 256   # coverage is measured on this raster (exact for 1/256 multiples)
+
+
+def attended_only_logits(model, outputs):
+    """Logits from the features of levels >= 2 only, without the level-1
+    context (paper section 5.3); weights renormalised over those features."""
+    attended = tf.cast(outputs["feature_levels"] > 1, tf.float32)[None, :]
+    weights = outputs["feature_weights"] * attended
+    weights = weights / tf.maximum(tf.reduce_sum(weights, axis=1, keepdims=True), 1e-12)
+    pooled = tf.reduce_sum(tf.cast(weights[..., None], outputs["features"].dtype) *
+                           outputs["features"], axis=1)
+    return model.classifier(pooled, training=False)
+
+
+def coverage(boxes, resolution: int = COVERAGE_RESOLUTION):
+    """Fraction of the image inside the union of each image's boxes.
+
+    boxes: [B, P, 4] edge-normalised; returns [B]. The union is rasterised
+    on a `resolution` x `resolution` grid of pixel centres.
+    """
+    centres = (tf.range(resolution, dtype=tf.float32) + 0.5) / resolution
+    y1, x1, y2, x2 = (boxes[..., i, None] for i in range(4))
+    rows = (centres >= y1) & (centres < y2)                      # [B, P, R]
+    cols = (centres >= x1) & (centres < x2)
+    inside = rows[..., :, None] & cols[..., None, :]             # [B, P, R, R]
+    return tf.reduce_mean(tf.cast(tf.reduce_any(inside, axis=1), tf.float32), axis=[1, 2])
+
+
+class _Accumulator:
+    def __init__(self):
+        self.sums: Dict[str, float] = {}
+        self.count = 0
+
+    def add(self, name, values):
+        self.sums[name] = self.sums.get(name, 0.0) + float(tf.reduce_sum(values))
+
+    def mean(self, name):
+        return self.sums[name] / max(self.count, 1)
+
+
+def _top_k_correct(logits, labels, k):
+    k = min(k, logits.shape[-1])
+    return tf.cast(tf.math.in_top_k(tf.cast(labels, tf.int32), logits, k), tf.float32)
+
+
+def evaluate_budgets(model, dataset: Iterable, budgets: Sequence[Sequence[int]],
+                     attention_writer: Optional[Callable] = None,
+                     progress: Optional[Callable[[str], None]] = None) -> List[dict]:
+    """Evaluates `model` on `dataset` at every location budget.
+
+    Returns one dict per budget: locations, total_locations, images, top1,
+    top5 (in %), attended_only_top1 / attended_only_top5 (None without
+    attended locations) and coverage_level<l> (% of the image seen at level l).
+    `attention_writer(budget, batch_start, labels, outputs)` receives every
+    batch's outputs (e.g. an `AttentionCsv`).
+    """
+    predict = tf.function(lambda images, budget: model(images, locations=list(budget),
+                                                       training=False), reduce_retracing=True)
+    rows = []
+    for budget in budgets:
+        budget = tuple(int(k) for k in budget)
+        totals = _Accumulator()
+        for images, labels in dataset:
+            outputs = predict(images, budget)
+            totals.add("top1", _top_k_correct(outputs["logits"], labels, 1))
+            totals.add("top5", _top_k_correct(outputs["logits"], labels, 5))
+            if outputs["locations"].shape[1]:
+                only = attended_only_logits(model, outputs)
+                totals.add("attended_only_top1", _top_k_correct(only, labels, 1))
+                totals.add("attended_only_top5", _top_k_correct(only, labels, 5))
+            for level, boxes in enumerate(outputs["boxes"], start=1):
+                totals.add(f"coverage_level{level}", coverage(boxes))
+            if attention_writer is not None:
+                attention_writer(budget, totals.count, labels, outputs)
+            totals.count += int(labels.shape[0])
+        row = {"locations": list(budget), "total_locations": _total(budget),
+               "images": totals.count}
+        for name in ("top1", "top5", "attended_only_top1", "attended_only_top5"):
+            row[name] = 100.0 * totals.mean(name) if name in totals.sums else None
+        row.update({name: 100.0 * totals.mean(name) for name in sorted(totals.sums)
+                    if name.startswith("coverage")})
+        rows.append(row)
+        if progress is not None:
+            progress(f"locations {list(budget)}: top-1 {row['top1']:.2f} %, "
+                     f"top-5 {row['top5']:.2f} % on {totals.count} images")
+    return rows
+
+
+def _total(budget) -> int:
+    total, glimpses = 0, 1
+    for k in budget:
+        glimpses *= k
+        total += glimpses
+    return total
+
+
+class AttentionCsv:
+    """Writes every image's attended boxes and their probabilities to a CSV:
+    one line per attended location (budget, image, label, prediction,
+    level, parent feature, cell, probability, box)."""
+
+    HEADER = ["locations", "image", "label", "prediction", "feature", "level", "parent",
+              "cell", "probability", "y1", "x1", "y2", "x2"]
+
+    def __init__(self, path: str):
+        self._handle = open(path, "w", newline="")
+        self._writer = csv.writer(self._handle)
+        self._writer.writerow(self.HEADER)
+
+    def __call__(self, budget, batch_start, labels, outputs):
+        levels = outputs["feature_levels"].numpy()
+        parents = outputs["feature_parents"].numpy()
+        probabilities = np.exp(outputs["location_log_probs"].numpy())
+        boxes = np.concatenate([b.numpy() for b in outputs["boxes"]], axis=1)
+        predictions = np.argmax(outputs["logits"].numpy(), axis=-1)
+        locations = outputs["locations"].numpy()
+        budget_text = ",".join(str(k) for k in budget)
+        for b, label in enumerate(np.asarray(labels)):
+            for feature in range(1, len(levels)):
+                self._writer.writerow(
+                    [budget_text, batch_start + b, int(label), int(predictions[b]), feature,
+                     int(levels[feature]), int(parents[feature]),
+                     int(locations[b, feature - 1]), f"{probabilities[b, feature - 1]:.6f}",
+                     *(f"{v:.6f}" for v in boxes[b, feature])])
+
+    def close(self):
+        self._handle.close()
+
+
+def write_table(rows: Sequence[dict], path_prefix: str) -> Dict[str, str]:
+    """Writes rows as `<prefix>.md`, `<prefix>.csv` and `<prefix>.json`."""
+    os.makedirs(os.path.dirname(os.path.abspath(path_prefix)), exist_ok=True)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    paths = {kind: f"{path_prefix}.{kind}" for kind in ("md", "csv", "json")}
+    with open(paths["json"], "w") as handle:
+        json.dump(list(rows), handle, indent=1)
+    with open(paths["csv"], "w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows([{k: _text(row.get(k)) for k in columns} for row in rows])
+    with open(paths["md"], "w") as handle:
+        handle.write("| " + " | ".join(columns) + " |\n")
+        handle.write("|" + "---|" * len(columns) + "\n")
+        for row in rows:
+            handle.write("| " + " | ".join(_text(row.get(k)) for k in columns) + " |\n")
+    return paths
+
+
+def _text(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
