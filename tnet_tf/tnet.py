@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from tnet_tf import geometry
+from tnet_tf import geometry, losses, training
 from tnet_tf.backbones import build_backbone
 from tnet_tf.config import TNetConfig
 from tnet_tf.modules import ClassificationModule, FeatureWeighting, LocationModule, PositionalEncoding
@@ -56,7 +56,8 @@ def reachable_levels(image_size: int, base_resolution: int, cell_fraction: float
 class TNet(tf.keras.Model):
     """TNet (Papadopoulos et al., 2021) as a Keras model.
 
-    `model(images, locations=None, training=False, selection="top_k")`
+    `model(images, locations=None, training=False, selection="top_k",
+           chosen_locations=None)`
 
     Args:
       images: [B, H, W, 3] float images in [-1, 1] at full resolution.
@@ -64,6 +65,11 @@ class TNet(tf.keras.Model):
         [2, 1] (1 cell per level-2 glimpse); None uses `config.locations`.
         Any budget the image size can reach works without rebuilding.
       selection: "top_k" or "sample" (Gumbel-top-k, for training).
+      chosen_locations: optional [B, A] int cells to attend instead of
+        selecting them, in the order of the `locations` output (e.g. the
+        `locations` of an earlier call); their log-probabilities are still
+        taken from the model's own distributions. Used to evaluate the
+        learning rule with the locations fixed.
 
     Returns a dict (F = number of extracted features, level 1 first, then
     level 2, then level 3 grouped by parent; A = F - 1 attended locations):
@@ -160,7 +166,8 @@ class TNet(tf.keras.Model):
         glimpses = tf.image.crop_and_resize(tf.cast(images, tf.float32), crop_boxes, indices, size)
         return self.backbone(glimpses, training=training)
 
-    def call(self, images, locations=None, training=None, selection="top_k"):
+    def call(self, images, locations=None, training=None, selection="top_k",
+             chosen_locations=None):
         locations = self.resolve_locations(locations)
         images = tf.convert_to_tensor(images)
         self._check_images(images, locations)
@@ -170,6 +177,12 @@ class TNet(tf.keras.Model):
         cells = tf.zeros([batch, 1, 2])   # (x, y) cell coordinates at the current level
         features, levels, parents = [], [], [-1]
         chosen, chosen_log_probs, distributions, all_boxes = [], [], [], [boxes]
+        if chosen_locations is not None:
+            chosen_locations = tf.cast(tf.convert_to_tensor(chosen_locations), tf.int32)
+            attended = sum(int(np.prod(locations[:i + 1])) for i in range(len(locations)))
+            if chosen_locations.shape.rank != 2 or chosen_locations.shape[1] != attended:
+                raise ValueError(f"chosen_locations must have shape [batch, {attended}] for "
+                                 f"locations {list(locations)}; got {chosen_locations.shape}")
 
         for level in range(1, len(locations) + 2):
             count = boxes.shape[1]
@@ -190,7 +203,11 @@ class TNet(tf.keras.Model):
             k = locations[level - 1]
             if k == 0:
                 break
-            index = select_cells(log_probs, k, selection)                      # [B*P, k]
+            if chosen_locations is None:
+                index = select_cells(log_probs, k, selection)                  # [B*P, k]
+            else:
+                start = sum(c.shape[1] for c in chosen)
+                index = tf.reshape(chosen_locations[:, start:start + count * k], [-1, k])
             chosen.append(tf.reshape(index, [batch, count * k]))
             chosen_log_probs.append(tf.reshape(tf.gather(log_probs, index, batch_dims=1),
                                                [batch, count * k]))
@@ -223,6 +240,53 @@ class TNet(tf.keras.Model):
             "location_probs": distributions,
             "boxes": all_boxes,
         }
+
+    # ------------------------------------------------------------------
+    def compile(self, optimizer="adam", *, lambda_f: float = 0.1, lambda_c: float = 1.0,
+                lambda_r: float = 1.0, max_feature_level: Optional[int] = None,
+                monte_carlo_samples: int = 1, selection: str = "top_k",
+                locations: Optional[Sequence[int]] = None,
+                evaluation_locations: Optional[Sequence[int]] = None,
+                weight_decay: float = 0.0, backbone_optimizer=None, **kwargs):
+        """Sets the learning rule of `fit` (see `losses` and `training`).
+
+        lambda_f, lambda_c, lambda_r: eq. (2); lambda_c = lambda_r = 1 is
+        eq. (1), i.e. per-feature regularization off. max_feature_level:
+        the per-feature level cap. monte_carlo_samples: M. selection:
+        "top_k" or "sample". locations / evaluation_locations: budgets of
+        `fit` / `evaluate` (None: the config's). weight_decay: L2 factor
+        (batch norm excluded). backbone_optimizer: an optional second
+        optimizer (e.g. a lower learning rate) for the backbone variables.
+        Creates the baseline b (0.5) on first compile; recompiling keeps it.
+        """
+        super().compile(optimizer=optimizer, **kwargs)
+        weights = losses.LossWeights(lambda_f, lambda_c, lambda_r, max_feature_level)
+        self.training_options = training.TrainingOptions(
+            weights, monte_carlo_samples, selection,
+            self.resolve_locations(locations),
+            None if evaluation_locations is None else self.resolve_locations(evaluation_locations),
+            weight_decay)
+        self.backbone_optimizer = (tf.keras.optimizers.get(backbone_optimizer)
+                                   if backbone_optimizer is not None else None)
+        self.training_metrics = training.TrainingMetrics(
+            self.training_options, self.training_options.locations, self.config.num_classes)
+        if getattr(self, "baseline", None) is None:
+            with self.distribute_strategy.scope():
+                # Written once per step with the same value on every replica.
+                self.baseline = tf.Variable(
+                    losses.BASELINE_INITIAL, trainable=False, name="baseline",
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+    @property
+    def metrics(self):
+        metrics = getattr(self, "training_metrics", None)
+        return super().metrics if metrics is None else metrics.all
+
+    def train_step(self, data):
+        return training.train_step(self, data)
+
+    def test_step(self, data):
+        return training.test_step(self, data)
 
     def get_config(self):
         return {"config": self.config.to_dict()}

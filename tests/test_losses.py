@@ -1,0 +1,154 @@
+"""The learning rule of eqs. (1)-(2b) and the baseline of eq. (7)."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tnet_tf
+from tnet_tf import losses
+from tnet_tf.losses import LossWeights
+from test_tnet import tiny_config
+
+N, LOCATIONS = 2, [2, 1]          # 3 levels: features [1, 2, 2, 3, 3], locations [2, 2, 3, 3]
+
+
+@pytest.fixture(scope="module")
+def model():
+    tf.keras.utils.set_random_seed(4)
+    net = tnet_tf.TNet(tiny_config())
+    net(tf.zeros([1, 128, 128, 3]), locations=LOCATIONS)
+    return net
+
+
+def _flat(gradients, variables):
+    return np.concatenate([np.zeros(v.shape.num_elements()) if g is None
+                           else np.ravel(g.numpy()) for g, v in zip(gradients, variables)])
+
+
+def _log_softmax(x):
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+@pytest.mark.parametrize("samples, weights", [
+    (1, LossWeights(lambda_f=0.1)),                                            # eq. (1)
+    (1, LossWeights(lambda_f=0.1, lambda_c=0.3, lambda_r=0.3)),                # eq. (2)
+    (2, LossWeights(lambda_f=0.7, lambda_c=0.2, lambda_r=0.6, max_feature_level=2)),
+])
+def test_gradients_match_the_learning_rule_by_hand(model, samples, weights):
+    images = tf.random.stateless_uniform([N, 128, 128, 3], seed=[5, 6], minval=-1, maxval=1)
+    labels = np.array([1, 3])
+    # M samples per image, each with its own fixed locations (levels 2, 2, 3, 3).
+    images = tf.tile(images, [samples, 1, 1, 1])
+    labels = np.tile(labels, samples)
+    chosen = np.array([[0, 4, 2, 8], [7, 3, 5, 5], [1, 8, 0, 6], [4, 5, 3, 7]])[:N * samples]
+    baseline = 0.37
+    variables = model.trainable_variables
+    scale = {"classification": weights.lambda_c,
+             "reinforce": weights.lambda_f * weights.lambda_r,
+             "feature_classification": 1 - weights.lambda_c,
+             "feature_reinforce": weights.lambda_f * (1 - weights.lambda_r)}
+    with tf.GradientTape(persistent=True) as tape:
+        out = model(images, locations=LOCATIONS, chosen_locations=chosen, training=False)
+        terms = losses.tnet_loss(out, labels, tf.constant(baseline), weights)
+        implemented = {name: scale[name] * tf.reduce_mean(terms[name])
+                       for name in scale if name in terms}
+        implemented["total"] = tf.reduce_mean(terms["total"])
+        # The primitive log-probabilities the paper differentiates ...
+        log_p_y = tf.gather(tf.nn.log_softmax(out["logits"]), labels, batch_dims=1)
+        log_p_y_feature = tf.gather(tf.nn.log_softmax(out["feature_logits"]),
+                                    np.repeat(labels[:, None], 5, axis=1), batch_dims=2)
+        log_p_l = out["location_log_probs"]
+        # ... and their coefficients in eqs. (2a) and (2b), in numpy.
+        count = N * samples
+        logits, feature_logits = out["logits"].numpy(), out["feature_logits"].numpy()
+        reward = (logits.argmax(-1) == labels).astype(np.float64)
+        feature_reward = (feature_logits.argmax(-1) == labels[:, None]).astype(np.float64)
+        in_cap = np.array([1, 2, 2, 3, 3]) <= (weights.max_feature_level or 3)
+        f, lc, lr = weights.lambda_f, weights.lambda_c, weights.lambda_r
+        coefficient_y = np.full(count, lc) / count
+        coefficient_l = np.repeat((f * lr * (reward - baseline))[:, None], 4, axis=1) / count
+        coefficient_y_feature = np.tile((1 - lc) * in_cap / in_cap.sum(), [count, 1]) / count
+        location_in_cap = in_cap[1:]
+        coefficient_l_feature = (f * (1 - lr) * (feature_reward[:, 1:] - baseline)
+                                 * location_in_cap / location_in_cap.sum()) / count
+
+        def weighted(coefficients, quantity):
+            return tf.reduce_sum(tf.constant(coefficients, tf.float32) * quantity)
+
+        # The update directions of the learning rule (gradient ascent).
+        rule = {"classification": weighted(coefficient_y, log_p_y),
+                "reinforce": weighted(coefficient_l, log_p_l),
+                "feature_classification": weighted(coefficient_y_feature, log_p_y_feature),
+                "feature_reinforce": weighted(coefficient_l_feature, log_p_l)}
+    np.testing.assert_array_equal(out["locations"].numpy(), chosen)
+
+    def gradient(value):
+        return _flat(tape.gradient(value, variables), variables)
+
+    by_hand = {name: gradient(value) for name, value in rule.items()}
+    for name, expected in by_hand.items():
+        if name not in implemented:
+            assert not weights.per_feature and not np.any(expected)
+            continue
+        np.testing.assert_allclose(gradient(implemented[name]), -expected, atol=1e-5,
+                                   err_msg=name)
+        assert np.abs(expected).max() > 1e-4, name
+    total = gradient(implemented["total"])
+    np.testing.assert_allclose(total, -sum(by_hand.values()), atol=1e-5)
+    np.testing.assert_array_equal(terms["reward"].numpy(), reward)
+
+
+def test_reinforce_reaches_only_the_location_path_and_classification_every_module(model):
+    images = tf.random.stateless_uniform([N, 128, 128, 3], seed=[7, 8], minval=-1, maxval=1)
+    weights = LossWeights(lambda_f=1.0, lambda_c=0.5, lambda_r=0.5)
+    parts = {"backbone": model.backbone, "location_module": model.location_module,
+             "positional_encoding": model.positional_encoding, "classifier": model.classifier}
+    with tf.GradientTape(persistent=True) as tape:
+        out = model(images, locations=LOCATIONS, training=False)
+        terms = losses.tnet_loss(out, [0, 1], tf.constant(0.5), weights)
+        # With R - b = -0.5 or 0.5 the REINFORCE terms have a non-zero gradient.
+        reinforce = tf.reduce_mean(terms["reinforce"] + terms["feature_reinforce"])
+        classification = tf.reduce_mean(terms["classification"] + terms["feature_classification"])
+
+    def reached(loss, part):
+        grads = tape.gradient(loss, part.trainable_variables)
+        return any(g is not None and np.any(g.numpy() != 0) for g in grads)
+
+    assert {name for name, part in parts.items() if reached(classification, part)} == {
+        "backbone", "positional_encoding", "classifier"}
+    assert {name for name, part in parts.items() if reached(reinforce, part)} == {
+        "backbone", "location_module"}
+
+
+def test_rewards_and_reinforce_surrogate():
+    logits = tf.constant([[2.0, 1.0], [0.0, 3.0], [1.0, 0.5]])
+    np.testing.assert_array_equal(losses.rewards(logits, [0, 0, 1]).numpy(), [1.0, 0.0, 0.0])
+    log_probs = tf.Variable([-1.0, -2.0])
+    with tf.GradientTape() as tape:
+        surrogate = losses.reinforce_loss(log_probs, tf.constant([1.0, 0.0]), tf.constant(0.25))
+    np.testing.assert_allclose(surrogate.numpy(), [0.75, -0.5])
+    np.testing.assert_allclose(tape.gradient(surrogate, log_probs).numpy(),
+                               [-0.75, 0.25])
+
+
+def test_baseline_update_is_the_exponential_moving_average():
+    baseline, mean_rewards = 0.5, [0.25, 1.0, 0.0, 0.5, 0.75]
+    for reward in mean_rewards:
+        baseline = losses.update_baseline(baseline, reward)
+    k = len(mean_rewards)
+    closed_form = 0.9 ** k * 0.5 + sum(0.1 * 0.9 ** (k - 1 - j) * r
+                                       for j, r in enumerate(mean_rewards))
+    assert baseline == pytest.approx(closed_form, abs=1e-12)
+
+
+def test_location_entropy():
+    probs = tf.constant([[[0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0]]])
+    np.testing.assert_allclose(losses.location_entropy(probs).numpy(), [np.log(4) / 2], rtol=1e-6)
+
+
+def test_loss_weights_are_checked():
+    with pytest.raises(ValueError, match="lambda_c must be in"):
+        LossWeights(lambda_c=1.5)
+    with pytest.raises(ValueError, match="max_feature_level"):
+        LossWeights(max_feature_level=0)
+    assert not LossWeights().per_feature and LossWeights(lambda_r=0.3).per_feature

@@ -1,0 +1,161 @@
+"""Training TNet with fit: optimizer, baseline, metrics, checkpoints, NaN stop.
+
+Short runs use `run_eagerly=True`: on CPU, tracing the train step costs more
+than a few eager steps of the tiny model.
+"""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tnet_tf
+from tnet_tf import checkpoints, losses, training
+from test_tnet import tiny_config
+
+
+def _data(count=8, size=64, seed=0):
+    images = tf.random.stateless_uniform([count, size, size, 3], seed=[seed, 1], minval=-1,
+                                         maxval=1)
+    labels = tf.random.stateless_uniform([count], seed=[seed, 2], maxval=5, dtype=tf.int32)
+    return images, labels
+
+
+def _model(**overrides):
+    return tnet_tf.TNet(tiny_config(locations=(2,), **overrides))
+
+
+class StepLogger(tf.keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.steps = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps.append({name: float(value) for name, value in logs.items()})
+
+
+def test_learning_rate_drops_once_at_80_percent_of_the_steps():
+    schedule = training.DropOnceSchedule(1e-3, total_steps=100)
+    rates = [float(schedule(step)) for step in (0, 79, 80, 99, 500)]
+    np.testing.assert_allclose(rates, [1e-3, 1e-3, 1e-4, 1e-4, 1e-4], rtol=1e-6)
+    optimizer = training.make_optimizer(1e-3, 10)
+    assert (optimizer.beta_1, optimizer.beta_2, optimizer.epsilon) == (0.9, 0.999, 1e-8)
+    restored = training.DropOnceSchedule.from_config(schedule.get_config())
+    assert restored.drop_step == 80
+
+
+def test_baseline_after_k_steps_is_the_closed_form_of_eq7():
+    # One step per epoch, so every epoch's logs hold that step's mean reward.
+    model = _model()
+    model.compile(training.make_optimizer(3e-3, 5), lambda_c=0.5, lambda_r=0.5,
+                  monte_carlo_samples=2, selection="sample", run_eagerly=True)
+    images, labels = _data()
+    history = model.fit(images, labels, batch_size=8, epochs=5, verbose=0)
+    rewards = history.history["reward"]
+    assert all(0.0 <= r <= 1.0 for r in rewards)
+    k = len(rewards)
+    closed_form = 0.9 ** k * 0.5 + sum(0.1 * 0.9 ** (k - 1 - j) * r for j, r in enumerate(rewards))
+    assert float(model.baseline.numpy()) == pytest.approx(closed_form, abs=1e-6)
+    # The logged baseline of each step is the value after that step's update.
+    expected = 0.5
+    for reward, logged in zip(rewards, history.history["baseline"]):
+        expected = 0.9 * expected + 0.1 * reward
+        assert logged == pytest.approx(expected, abs=1e-6)
+    assert history.history["locations_per_image"][0] == 2.0
+    for name in ("loss", "classification", "reinforce", "feature_classification",
+                 "feature_reinforce", "feature_reward", "top1", "top5", "location_entropy_l2",
+                 "learning_rate"):
+        assert np.isfinite(history.history[name]).all(), name
+    assert history.history["location_entropy_l2"][0] <= np.log(9) + 1e-6
+    evaluation = model.evaluate(images, labels, batch_size=4, verbose=0, return_dict=True)
+    assert 0.0 <= evaluation["top1"] <= 1.0 and "location_entropy_l2" in evaluation
+    assert float(model.baseline.numpy()) == pytest.approx(closed_form, abs=1e-6)
+
+
+def test_loss_is_the_mean_of_the_per_example_terms_and_reward_matches_top1():
+    model = _model()
+    model.compile("adam", lambda_c=0.3, lambda_r=0.3, run_eagerly=True)
+    images, labels = _data(4)
+    logger = StepLogger()
+    model.fit(images, labels, batch_size=4, epochs=1, verbose=0, callbacks=[logger])
+    step = logger.steps[0]
+    assert step["reward"] == step["top1"]
+    expected = (0.3 * step["classification"] + 0.1 * 0.3 * step["reinforce"]
+                + 0.7 * step["feature_classification"] + 0.1 * 0.7 * step["feature_reinforce"])
+    assert step["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_weight_decay_skips_batch_norm_variables():
+    model = _model()
+    model(tf.zeros([1, 64, 64, 3]), locations=[1])
+    decayed = training.decayed_variables(model)
+    names = {v.name for v in decayed}
+    assert not any("_bn" in name for name in names)
+    assert "stage1_conv1/kernel:0" in names and any("classifier" in v.name or "logits" in v.name
+                                                    for v in decayed)
+    batch_norm = [v for v in model.trainable_variables if "_bn" in v.name]
+    assert len(batch_norm) == 16 and len(decayed) == len(model.trainable_variables) - 16
+    penalty = training.l2_penalty(decayed, 1e-4)
+    by_hand = 1e-4 * sum(np.sum(np.square(v.numpy())) for v in decayed)
+    assert float(penalty) == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_backbone_optimizer_has_its_own_learning_rate():
+    model = _model()
+    model.compile(tf.keras.optimizers.Adam(1e-2),
+                  backbone_optimizer=tf.keras.optimizers.Adam(0.0), run_eagerly=True)
+    images, labels = _data(4)
+    model(images, locations=[2])
+    before = {v.name: v.numpy().copy() for v in model.trainable_variables}
+    model.fit(images, labels, batch_size=4, epochs=1, verbose=0)
+    backbone = {v.name for v in model.backbone.trainable_variables}
+    changed = {v.name for v in model.trainable_variables
+               if not np.array_equal(v.numpy(), before[v.name])}
+    assert changed and not changed & backbone
+    assert int(model.backbone_optimizer.iterations.numpy()) == 1
+
+
+def test_nan_loss_stops_training_with_a_clear_message(tmp_path):
+    model = _model()
+    model.compile("adam", run_eagerly=True)
+    images, labels = _data(8)
+    images = tf.concat([images[:4], tf.fill([4, 64, 64, 3], np.nan)], axis=0)
+    callbacks = checkpoints.training_callbacks(str(tmp_path), save_every=1, tensorboard=False)
+    with pytest.raises(checkpoints.NonFiniteLossError, match="loss is nan at step 2"):
+        model.fit(images, labels, batch_size=4, epochs=1, verbose=0, callbacks=callbacks,
+                  shuffle=False)
+    # The backup holds the last finite state: step 1.
+    reader = tf.train.load_checkpoint(checkpoints.find_checkpoint(str(tmp_path / "backup")))
+    assert reader.get_tensor("model/optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 1
+    assert np.isfinite(reader.get_tensor("model/baseline/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+def test_a_later_stage_initialises_from_an_earlier_checkpoint(tmp_path):
+    earlier = _model()
+    earlier.compile("adam", run_eagerly=True)
+    images, labels = _data(4)
+    earlier.fit(images, labels, batch_size=4, epochs=1, verbose=0,
+                callbacks=checkpoints.training_callbacks(str(tmp_path), save_every=1,
+                                                         tensorboard=False))
+    later = _model(num_classes=7)
+    later.compile("adam")
+    with pytest.raises(ValueError, match="pass it in `skip`"):
+        later_copy = _model(num_classes=7)
+        checkpoints.initialize_from_checkpoint(later_copy, str(tmp_path / "backup"))
+    report = checkpoints.initialize_from_checkpoint(later, str(tmp_path / "backup"),
+                                                    skip=["classifier"])
+    assert report == {"restored": ["backbone", "baseline", "location_module",
+                                   "positional_encoding"],
+                      "skipped": ["classifier"], "missing": []}
+    for ours, theirs in zip(later.backbone.weights + later.location_module.weights,
+                            earlier.backbone.weights + earlier.location_module.weights):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    assert later.baseline.numpy() == earlier.baseline.numpy() != 0.5
+    assert later.classifier.dense.kernel.shape == (64, 7)
+    assert int(later.optimizer.iterations.numpy()) == 0
+    # model.save_weights layout (no "model/" prefix) works too.
+    earlier.save_weights(str(tmp_path / "weights" / "w"))
+    other = _model()
+    assert checkpoints.initialize_from_checkpoint(other, str(tmp_path / "weights"),
+                                                  skip=["baseline"])["restored"] == [
+        "backbone", "classifier", "location_module", "positional_encoding"]
+    np.testing.assert_array_equal(other.classifier.dense.kernel.numpy(),
+                                  earlier.classifier.dense.kernel.numpy())

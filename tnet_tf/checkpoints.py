@@ -1,0 +1,142 @@
+"""Checkpoints, resumption, stage-to-stage initialisation and NaN stops.
+
+A run resumes by itself: `training_callbacks` backs the whole training state
+up every `save_every` steps with Keras `BackupAndRestore` (the model, which
+owns the baseline b and the optimizers, hence the step count on which the
+learning-rate schedule runs, plus the epoch and batch reached). Started
+again with the same command after being killed, `fit` restores the last
+backup and continues from the next step of the same epoch. (Keras does not
+fast-forward the input pipeline: the resumed epoch reads its data from the
+start of the dataset, which for shuffled training data only changes which
+random batches are seen.) The backup is kept at the end of training and is
+what a later stage initialises from:
+
+    report = initialize_from_checkpoint(model, "runs/stage1/backup",
+                                        skip=("classifier",))
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Dict, List, Sequence
+
+import tensorflow as tf
+
+# The parts of a TNet a later stage can take from an earlier checkpoint.
+MODEL_PARTS = ("backbone", "location_module", "positional_encoding", "classifier",
+               "feature_weighting", "baseline")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised by `StopOnNonFiniteLoss`."""
+
+
+class StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
+    """Stops training with a clear error when the loss becomes NaN or infinite.
+
+    Put it before the checkpointing callback: the backup then keeps the last
+    finite state rather than the one the bad step produced.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        loss = logs.get("loss")
+        if loss is None or math.isfinite(float(loss)):
+            return
+        step = int(self.model.optimizer.iterations.numpy())
+        terms = ", ".join(f"{name}={float(value):.4g}" for name, value in logs.items()
+                          if name != "loss")
+        raise NonFiniteLossError(
+            f"training stopped: the loss is {float(loss)} at step {step} (batch {batch} of "
+            f"this epoch); {terms}. The last checkpoint holds the last finite state. Check "
+            f"the input data for NaN/inf values or lower the learning rate.")
+
+
+def training_callbacks(model_dir: str, save_every: int = 500, tensorboard: bool = True,
+                       tensorboard_every: int = 100) -> List[tf.keras.callbacks.Callback]:
+    """NaN stop, resumable backups every `save_every` steps, TensorBoard logs.
+
+    Backups go to `<model_dir>/backup`, TensorBoard logs (every metric and
+    loss term, `tensorboard_every` steps and per epoch) to `<model_dir>/logs`.
+    """
+    callbacks = [StopOnNonFiniteLoss(),
+                 tf.keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup"),
+                                                     save_freq=save_every,
+                                                     delete_checkpoint=False)]
+    if tensorboard:
+        callbacks.append(tf.keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"),
+                                                        update_freq=tensorboard_every))
+    return callbacks
+
+
+def find_checkpoint(path: str) -> str:
+    """A checkpoint prefix from a prefix, a directory, or a backup directory."""
+    if tf.io.gfile.isdir(path):
+        for directory in (path, os.path.join(path, "chief")):
+            latest = tf.train.latest_checkpoint(directory)
+            if latest:
+                return latest
+        raise FileNotFoundError(f"no checkpoint in {path} (nor in {path}/chief)")
+    if not tf.io.gfile.exists(path + ".index"):
+        raise FileNotFoundError(f"no checkpoint at {path} ({path}.index does not exist)")
+    return path
+
+
+def _build(model):
+    if not model.built:
+        size = model.config.input_size
+        model(tf.zeros([1, size, size, 3]), locations=[1] if size > model.config.base_resolution
+              else [0])
+
+
+def initialize_from_checkpoint(model, path: str, skip: Sequence[str] = ()) -> Dict[str, list]:
+    """Initialises `model` from the TNet parts found in an earlier checkpoint.
+
+    `path` is a checkpoint prefix or directory written by `training_callbacks`
+    (`tf.train.Checkpoint(model=...)` layout) or by `model.save_weights`.
+    Parts named in `skip` (from MODEL_PARTS, e.g. "classifier" when the
+    class count changes) keep their fresh initialisation; the optimizer
+    state is never taken. Returns and logs {"restored": [...parts],
+    "skipped": [...], "missing": [parts absent from the checkpoint]}.
+    """
+    unknown = set(skip) - set(MODEL_PARTS)
+    if unknown:
+        raise ValueError(f"unknown parts to skip: {sorted(unknown)}; parts are "
+                         f"{', '.join(MODEL_PARTS)}")
+    prefix = find_checkpoint(path)
+    _build(model)
+    keys = [name for name, _ in tf.train.list_variables(prefix)]
+    root = "model/" if any(key.startswith("model/") for key in keys) else ""
+    report = {"restored": [], "skipped": [], "missing": []}
+    parts = {}
+    for name in MODEL_PARTS:
+        part = getattr(model, name, None)
+        if part is None:
+            continue
+        if name in skip:
+            report["skipped"].append(name)
+        elif not any(key.startswith(f"{root}{name}/") for key in keys):
+            report["missing"].append(name)
+        else:
+            parts[name] = part
+    # The parts under their attribute names, rooted as in the checkpoint.
+    graph = tf.Module()
+    for name, part in parts.items():
+        setattr(graph, name, part)
+    if root:
+        graph, inner = tf.Module(), graph
+        graph.model = inner
+    try:
+        checkpoint = tf.train.Checkpoint(graph)   # kept alive until the checks are done
+        status = checkpoint.read(prefix)
+        status.expect_partial()
+        status.assert_existing_objects_matched()
+    except (ValueError, AssertionError, tf.errors.InvalidArgumentError) as error:
+        raise ValueError(
+            f"could not initialise {sorted(parts)} from {prefix}: {error}. If a part changed "
+            f"shape (e.g. the classifier for a new class count), pass it in `skip`.") from error
+    report["restored"] = sorted(parts)
+    logging.info("initialised from %s: restored %s; skipped (fresh) %s; not in checkpoint %s",
+                 prefix, report["restored"], report["skipped"], report["missing"])
+    return report

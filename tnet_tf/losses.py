@@ -1,0 +1,152 @@
+"""TNet's learning rule (section 4, Appendix A.1) as surrogate losses.
+
+Every function returns per-example values; `TNet.train_step` reduces them
+with the global batch size. The surrogate losses are built so that their
+gradients are exactly the (negated) learning rules of the paper:
+
+  eq. (1)/(8):  -d/dw log p(y | l, x)  -  lambda_f (R - b) d/dw log p(l | x)
+  eq. (2a):     lambda_c * [classification] + lambda_f lambda_r * [REINFORCE]
+  eq. (2b):     (1 - lambda_c) * mean over features of [classification of
+                feature k alone] + lambda_f (1 - lambda_r) * mean over
+                attended locations of [REINFORCE of location k with the
+                reward R^k of feature k's own prediction]
+  eq. (2):      L_r = (2a) + (2b); lambda_c = lambda_r = 1 gives eq. (1),
+                i.e. per-feature regularization off.
+
+The REINFORCE surrogate is `-stop_gradient(R - b) * log p(l | x)`: rewards
+and the baseline are constants, so that term reaches the location module
+(and the backbone layers feeding it) only through the log-probabilities of
+the chosen locations. `log p(l | x)` is the sum of the chosen cells'
+log-probabilities (the approximation of Appendix A.2); the log-probability
+of a single location `l_k` in eq. (2b) is that of its own cell in its own
+parent's distribution.
+
+Per-feature terms follow the replication notes: every extracted feature
+(the level-1 context included) is classified alone by the shared
+classifier; every attended location has its own REINFORCE term. With
+`max_feature_level` (e.g. 2 in the fMoW fine-tuning stage) only features,
+and locations, of levels up to that cap enter these terms.
+
+The baseline (eq. 7): b starts at 0.5 and after every training step
+becomes `0.9 b + 0.1 * mean R^s`, the mean of the *main* rewards R^s over
+the global batch of N * M examples (all replicas, all Monte Carlo samples).
+The per-feature rewards R^k do not feed it; they are compared with the same
+b. The loss of a step uses b as it was before that step's update.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+
+BASELINE_INITIAL = 0.5
+BASELINE_DECAY = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+    """Weights of the learning rule.
+
+    Attributes:
+      lambda_f: weight of the REINFORCE terms (eq. 1).
+      lambda_c: share of the main classification term; 1 - lambda_c goes to
+        the per-feature classification terms (eq. 2).
+      lambda_r: share of the main REINFORCE term; 1 - lambda_r goes to the
+        per-location REINFORCE terms.
+      max_feature_level: only features of levels <= this enter per-feature
+        regularization; None uses every level.
+    """
+
+    lambda_f: float = 0.1
+    lambda_c: float = 1.0
+    lambda_r: float = 1.0
+    max_feature_level: Optional[int] = None
+
+    def __post_init__(self):
+        if self.lambda_f < 0:
+            raise ValueError(f"lambda_f must be >= 0, got {self.lambda_f}")
+        for name in ("lambda_c", "lambda_r"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.max_feature_level is not None and self.max_feature_level < 1:
+            raise ValueError(f"max_feature_level must be >= 1, got {self.max_feature_level}")
+
+    @property
+    def per_feature(self) -> bool:
+        return self.lambda_c < 1.0 or self.lambda_r < 1.0
+
+
+def classification_loss(logits, labels):
+    """-log p(y | ...) per example: logits [..., C], labels [...] -> [...]."""
+    labels = tf.cast(labels, tf.int32)
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.cast(logits, tf.float32))
+
+
+def rewards(logits, labels):
+    """1.0 where the top-1 prediction is the label, else 0.0 (same shape as labels)."""
+    predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    return tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32)
+
+
+def reinforce_loss(log_probs, reward, baseline):
+    """-(R - b) log p(l | x) with R - b held constant: the REINFORCE surrogate."""
+    advantage = tf.stop_gradient(tf.cast(reward, tf.float32) - tf.cast(baseline, tf.float32))
+    return -advantage * log_probs
+
+
+def update_baseline(baseline, mean_reward, decay: float = BASELINE_DECAY):
+    """Eq. (7): b_n = decay * b_{n-1} + (1 - decay) * mean reward of batch n."""
+    return decay * baseline + (1.0 - decay) * mean_reward
+
+
+def tnet_loss(outputs: Dict, labels, baseline, weights: LossWeights) -> Dict[str, tf.Tensor]:
+    """The per-example terms of eq. (2) for a TNet `outputs` dict.
+
+    Returns [N] tensors: "total" (the weighted sum that is minimised),
+    "classification" (-log p(y | l, x)), "reinforce" (main REINFORCE
+    surrogate), "reward" (R^s) and, when per-feature regularization is on,
+    "feature_classification" and "feature_reinforce" (the per-feature
+    terms averaged over the features / locations in the level cap) and
+    "feature_reward" (the mean R^k over those locations).
+    """
+    labels = tf.cast(labels, tf.int32)
+    log_probs = outputs["location_log_probs"]                        # [N, A]
+    main_reward = rewards(outputs["logits"], labels)
+    terms = {
+        "classification": classification_loss(outputs["logits"], labels),
+        "reinforce": reinforce_loss(tf.reduce_sum(log_probs, axis=-1), main_reward, baseline),
+        "reward": main_reward,
+    }
+    total = (weights.lambda_c * terms["classification"]
+             + weights.lambda_f * weights.lambda_r * terms["reinforce"])
+    if weights.per_feature:
+        levels = np.asarray(tf.get_static_value(outputs["feature_levels"]))
+        cap = weights.max_feature_level or int(levels.max())
+        features = np.flatnonzero(levels <= cap)               # always holds level 1
+        attended = features[features > 0] - 1                   # feature j <-> location j - 1
+        feature_logits = tf.gather(outputs["feature_logits"], features, axis=1)
+        per_feature = classification_loss(
+            feature_logits, tf.repeat(labels[:, None], len(features), axis=1))
+        terms["feature_classification"] = tf.reduce_mean(per_feature, axis=1)
+        if attended.size:
+            location_logits = tf.gather(outputs["feature_logits"], attended + 1, axis=1)
+            feature_reward = rewards(location_logits, labels[:, None])   # broadcasts
+            per_location = reinforce_loss(tf.gather(log_probs, attended, axis=1),
+                                          feature_reward, baseline)
+            terms["feature_reinforce"] = tf.reduce_mean(per_location, axis=1)
+            terms["feature_reward"] = tf.reduce_mean(feature_reward, axis=1)
+        else:
+            terms["feature_reinforce"] = tf.zeros_like(main_reward)
+        total += ((1.0 - weights.lambda_c) * terms["feature_classification"]
+                  + weights.lambda_f * (1.0 - weights.lambda_r) * terms["feature_reinforce"])
+    terms["total"] = total
+    return terms
+
+
+def location_entropy(location_probs):
+    """Mean entropy (nats) of the location distributions of one level [N, P, K] -> [N]."""
+    probs = tf.cast(location_probs, tf.float32)
+    entropy = -tf.reduce_sum(probs * tf.math.log(tf.maximum(probs, 1e-12)), axis=-1)
+    return tf.reduce_mean(entropy, axis=-1)

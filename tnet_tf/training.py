@@ -1,0 +1,252 @@
+"""Training TNet with Keras `fit`: options, optimizer, metrics and the steps.
+
+    model = tnet_tf.TNet(config)
+    optimizer = training.make_optimizer(1e-3, total_steps)
+    model.compile(optimizer, lambda_f=0.1, lambda_c=0.2, lambda_r=0.2)
+    model.fit(dataset, epochs=..., steps_per_epoch=...,
+              callbacks=checkpoints.training_callbacks(model_dir, save_every=500))
+
+`TNet.train_step` / `test_step` call `train_step` / `test_step` here. One
+step with N replicas equals one step on one device with the same global
+batch: the per-example losses are summed and divided by the global batch
+(`tf.nn.compute_average_loss`), the weight decay is split across replicas
+(`tf.nn.scale_regularization_loss`), the gradients are summed by the
+optimizer's all-reduce, the baseline is updated once from the global mean
+reward (an all-reduce in the replica context; every replica computes the
+same value and the variable keeps the first replica's), and Keras metrics
+sum their state across replicas.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
+
+import tensorflow as tf
+
+from tnet_tf import losses
+
+SELECTIONS = ("top_k", "sample")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingOptions:
+    """What `TNet.compile` sets besides the optimizer.
+
+    Attributes:
+      loss_weights: lambda_f, lambda_c, lambda_r and the per-feature level cap.
+      monte_carlo_samples: M; every image is processed M times per step (the
+        batch is repeated). Distinct samples need selection="sample".
+      selection: "top_k" (the paper) or "sample" (Gumbel-top-k).
+      locations: locations per level during training; None: the config's.
+      evaluation_locations: locations per level in `evaluate`; None: as in
+        training.
+      weight_decay: L2 factor; adds `weight_decay * sum(w ** 2)` (the Keras
+        `L2` regulariser convention) over every trainable variable except
+        batch-norm scales and offsets.
+    """
+
+    loss_weights: losses.LossWeights = dataclasses.field(default_factory=losses.LossWeights)
+    monte_carlo_samples: int = 1
+    selection: str = "top_k"
+    locations: Optional[Tuple[int, ...]] = None
+    evaluation_locations: Optional[Tuple[int, ...]] = None
+    weight_decay: float = 0.0
+
+    def __post_init__(self):
+        if self.monte_carlo_samples < 1:
+            raise ValueError(f"monte_carlo_samples must be >= 1, got {self.monte_carlo_samples}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}; "
+                             f"got {self.selection!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+
+class DropOnceSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
+    """`learning_rate` until `drop_at * total_steps`, then `learning_rate * factor`."""
+
+    def __init__(self, learning_rate: float, total_steps: int, drop_at: float = 0.8,
+                 factor: float = 0.1):
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        self.learning_rate, self.total_steps = float(learning_rate), int(total_steps)
+        self.drop_at, self.factor = float(drop_at), float(factor)
+        self.drop_step = int(round(self.drop_at * self.total_steps))
+
+    def __call__(self, step):
+        dropped = tf.cast(step, tf.int64) >= self.drop_step
+        return tf.where(dropped, self.learning_rate * self.factor, self.learning_rate)
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "total_steps": self.total_steps,
+                "drop_at": self.drop_at, "factor": self.factor}
+
+
+def make_optimizer(learning_rate: float, total_steps: int, drop_at: float = 0.8,
+                   factor: float = 0.1) -> tf.keras.optimizers.Optimizer:
+    """Adam (beta1 0.9, beta2 0.999, eps 1e-8) with the learning rate dropped
+    once by `factor` at `drop_at` of the training steps."""
+    return tf.keras.optimizers.Adam(DropOnceSchedule(learning_rate, total_steps, drop_at, factor),
+                                    beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+
+
+def current_learning_rate(optimizer) -> tf.Tensor:
+    """The learning rate of the optimizer's next step."""
+    rate = optimizer._learning_rate  # the schedule or the variable, as passed
+    if isinstance(rate, tf.keras.optimizers.schedules.LearningRateSchedule):
+        return tf.cast(rate(optimizer.iterations), tf.float32)
+    return tf.cast(tf.convert_to_tensor(optimizer.learning_rate), tf.float32)
+
+
+def decayed_variables(model: tf.keras.Model):
+    """Trainable variables that L2 weight decay applies to: all but batch norm's."""
+    normalization = (tf.keras.layers.BatchNormalization,)
+    skipped = {id(v) for layer in model.submodules if isinstance(layer, normalization)
+               for v in layer.trainable_variables}
+    return [v for v in model.trainable_variables if id(v) not in skipped]
+
+
+def l2_penalty(variables, weight_decay: float):
+    return weight_decay * tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32)))
+                                    for v in variables])
+
+
+def repeat_samples(images, labels, samples: int):
+    """The batch repeated M times: sample m of image i sits at m * N + i."""
+    if samples == 1:
+        return images, labels
+    return (tf.tile(images, [samples] + [1] * (images.shape.rank - 1)),
+            tf.tile(labels, [samples]))
+
+
+def global_mean(values):
+    """Mean of `values` over the global batch (all replicas)."""
+    context = tf.distribute.get_replica_context()
+    local = tf.stack([tf.reduce_sum(values), tf.cast(tf.size(values), tf.float32)])
+    if context is not None:
+        local = context.all_reduce(tf.distribute.ReduceOp.SUM, local)
+    return local[0] / local[1]
+
+
+def distribution_levels(locations: Tuple[int, ...]) -> int:
+    """How many levels compute a location distribution for a budget."""
+    count = 0
+    for k in locations:
+        count += 1
+        if k == 0:
+            break
+    return count
+
+
+class LatestValue(tf.keras.metrics.Metric):
+    """The last value given to `update_state` (e.g. the baseline after a step).
+
+    Meant for values every replica holds identically; the first replica's
+    value is reported.
+    """
+
+    def __init__(self, name, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.value = self.add_weight("value", initializer="zeros",
+                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+    def update_state(self, value):
+        self.value.assign(tf.cast(value, self.dtype))
+
+    def result(self):
+        return tf.identity(self.value)
+
+
+class TrainingMetrics:
+    """The Keras metrics of training and evaluation, created by `TNet.compile`."""
+
+    def __init__(self, options: TrainingOptions, locations: Tuple[int, ...], num_classes: int):
+        weights = options.loss_weights
+        names = ["loss", "classification", "reinforce", "reward"]
+        if weights.per_feature:
+            names += ["feature_classification", "feature_reinforce", "feature_reward"]
+        if options.weight_decay:
+            names.append("weight_decay")
+        self.means = {name: tf.keras.metrics.Mean(name) for name in names}
+        self.entropy = [tf.keras.metrics.Mean(f"location_entropy_l{level + 2}")
+                        for level in range(distribution_levels(locations))]
+        self.latest = {name: LatestValue(name)
+                       for name in ("baseline", "learning_rate", "locations_per_image")}
+        self.top1 = tf.keras.metrics.SparseCategoricalAccuracy("top1")
+        self.top5 = tf.keras.metrics.SparseTopKCategoricalAccuracy(min(5, num_classes), "top5")
+
+    @property
+    def all(self):
+        return (list(self.means.values()) + [self.top1, self.top5] + self.entropy
+                + list(self.latest.values()))
+
+    def update(self, terms, outputs, labels, penalty=None, **latest):
+        """Updates the means from per-example terms; `latest` sets LatestValue metrics."""
+        for name, value in latest.items():
+            self.latest[name].update_state(value)
+        for name, metric in self.means.items():
+            if name == "loss":
+                extra = 0.0 if penalty is None else penalty
+                metric.update_state(terms["total"] + extra)
+            elif name == "weight_decay":
+                if penalty is not None:
+                    metric.update_state(penalty)
+            elif name in terms:
+                metric.update_state(terms[name])
+        self.top1.update_state(labels, outputs["logits"])
+        self.top5.update_state(labels, outputs["logits"])
+        for metric, probs in zip(self.entropy, outputs["location_probs"]):
+            metric.update_state(losses.location_entropy(probs))
+
+    def results(self):
+        return {metric.name: metric.result() for metric in self.all}
+
+
+def _apply_gradients(model, tape, loss):
+    variables = model.trainable_variables
+    gradients = tape.gradient(loss, variables)
+    pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
+    backbone_optimizer = getattr(model, "backbone_optimizer", None)
+    if backbone_optimizer is None:
+        model.optimizer.apply_gradients(pairs)
+        return
+    in_backbone = {id(v) for v in model.backbone.trainable_variables}
+    model.optimizer.apply_gradients([p for p in pairs if id(p[1]) not in in_backbone])
+    backbone_optimizer.apply_gradients([p for p in pairs if id(p[1]) in in_backbone])
+
+
+def train_step(model, data):
+    """One step of the learning rule of eq. (2) and the baseline update of eq. (7)."""
+    images, labels, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
+    options = model.training_options
+    images, labels = repeat_samples(images, tf.cast(labels, tf.int32),
+                                    options.monte_carlo_samples)
+    learning_rate = current_learning_rate(model.optimizer)
+    penalty = None
+    with tf.GradientTape() as tape:
+        outputs = model(images, locations=options.locations, training=True,
+                        selection=options.selection)
+        terms = losses.tnet_loss(outputs, labels, model.baseline, options.loss_weights)
+        loss = tf.nn.compute_average_loss(terms["total"])
+        if options.weight_decay:
+            penalty = l2_penalty(decayed_variables(model), options.weight_decay)
+            loss += tf.nn.scale_regularization_loss(penalty)
+    _apply_gradients(model, tape, loss)
+    model.baseline.assign(losses.update_baseline(model.baseline, global_mean(terms["reward"])))
+    model.training_metrics.update(
+        terms, outputs, labels, penalty, baseline=model.baseline, learning_rate=learning_rate,
+        locations_per_image=outputs["locations"].shape[1])
+    return model.training_metrics.results()
+
+
+def test_step(model, data):
+    """Evaluation: top-k locations, the same loss terms, no updates."""
+    images, labels, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
+    options = model.training_options
+    labels = tf.cast(labels, tf.int32)
+    locations = options.evaluation_locations or options.locations
+    outputs = model(images, locations=locations, training=False)
+    terms = losses.tnet_loss(outputs, labels, model.baseline, options.loss_weights)
+    model.training_metrics.update(terms, outputs, labels, baseline=model.baseline,
+                                  locations_per_image=outputs["locations"].shape[1])
+    return model.training_metrics.results()
