@@ -1,0 +1,165 @@
+"""Cluttered handwritten digits on a large canvas: the project's embedded dataset.
+
+A miniature of the fMoW situation (a small object somewhere in a big image)
+built from scikit-learn's bundled real digit scans (1,797 8x8 images):
+each 256 x 256 canvas holds one digit upscaled to 16 x 16 px at a uniformly
+random position, 16 clutter fragments (6-10 px crops with ink of other
+digits) pasted by element-wise max, and Gaussian noise (sigma 0.05 on
+[0, 1]). The label is the digit's class; its box is stored as the object box.
+Train canvases use source digits 0-1399, test canvases 1400-1796.
+
+    python -m data_prep.digits --output_dir=/data/digits
+    python -m data_prep.digits --output_dir=/tmp/digits --train_size=512 --test_size=128
+
+Canvas i of a split depends only on (seed, split, i): output is the same for
+any shard count or rerun. Shards are written to a temporary name and renamed
+when complete; a rerun skips finished shards.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Dict, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from tnet_tf.data import schema
+
+SPLITS = {"train": (0, 1400), "test": (1400, 1797)}
+SPLIT_IDS = {"train": 0, "test": 1}
+SHARD_PREFIX = {"train": "train", "test": "test"}
+
+
+@dataclasses.dataclass(frozen=True)
+class CanvasSpec:
+    canvas_size: int = 256
+    digit_size: int = 16
+    clutter: int = 16
+    fragment_sizes: Tuple[int, int] = (6, 10)
+    noise: float = 0.05
+    min_fragment_ink: float = 0.5
+
+
+def load_sources(digit_size: int = 16) -> Tuple[np.ndarray, np.ndarray]:
+    """The 1,797 scikit-learn digits upscaled bilinearly to `digit_size` px, in [0, 1]."""
+    from sklearn.datasets import load_digits  # imported here: only this dataset needs it
+
+    digits = load_digits()
+    images = tf.constant(digits.images[..., None] / 16.0, tf.float32)
+    upscaled = tf.image.resize(images, [digit_size, digit_size], method="bilinear",
+                               antialias=False)
+    return np.clip(upscaled.numpy()[..., 0], 0.0, 1.0), digits.target.astype(np.int64)
+
+
+def make_canvas(rng: np.random.Generator, digit: np.ndarray, pool: np.ndarray,
+                spec: CanvasSpec = CanvasSpec()) -> Tuple[np.ndarray, Tuple[int, int]]:
+    """One canvas [S, S] in [0, 1] with `digit` at a random place and clutter
+    cut from the digits of `pool` [N, d, d]; returns it and the digit's
+    top-left corner (y, x)."""
+    size, side = spec.canvas_size, spec.digit_size
+    canvas = np.zeros([size, size], np.float32)
+    for _ in range(spec.clutter):
+        fragment = _fragment(rng, pool, spec)
+        y, x = rng.integers(0, size - fragment.shape[0] + 1, size=2)
+        region = canvas[y:y + fragment.shape[0], x:x + fragment.shape[1]]
+        np.maximum(region, fragment, out=region)
+    y, x = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+    region = canvas[y:y + side, x:x + side]
+    np.maximum(region, digit, out=region)
+    canvas += rng.normal(0.0, spec.noise, size=canvas.shape).astype(np.float32)
+    return np.clip(canvas, 0.0, 1.0), (y, x)
+
+
+def _fragment(rng, pool, spec):
+    low, high = spec.fragment_sizes
+    while True:   # crops of blank corners are redrawn: every fragment shows ink
+        source = pool[rng.integers(len(pool))]
+        side = int(rng.integers(low, high + 1))
+        y, x = rng.integers(0, source.shape[0] - side + 1, size=2)
+        crop = source[y:y + side, x:x + side]
+        if crop.max() >= spec.min_fragment_ink:
+            return crop
+
+
+def canvas_example(split: str, index: int, seed: int, sources: np.ndarray, labels: np.ndarray,
+                   spec: CanvasSpec = CanvasSpec()) -> Tuple[np.ndarray, int, Tuple[float, ...]]:
+    """Canvas `index` of `split`: (uint8 RGB image, label, normalised digit box)."""
+    start, stop = SPLITS[split]
+    rng, chosen = _canvas_rng(split, index, seed)
+    others = np.concatenate([np.arange(start, chosen), np.arange(chosen + 1, stop)])
+    canvas, (y, x) = make_canvas(rng, sources[chosen], sources[others], spec)
+    image = np.repeat(np.round(canvas * 255.0).astype(np.uint8)[..., None], 3, axis=-1)
+    s, d = spec.canvas_size, spec.digit_size
+    return image, int(labels[chosen]), (y / s, x / s, (y + d) / s, (x + d) / s)
+
+
+def write_split(output_dir: str, split: str, count: int, shards: int, seed: int,
+                spec: CanvasSpec = CanvasSpec(), progress=None) -> Dict:
+    """Writes `count` canvases of `split` in `shards` TFRecord shards; returns the report."""
+    if count < 1 or shards < 1 or shards > count:
+        raise ValueError(f"{split}: need 1 <= shards ({shards}) <= canvases ({count})")
+    os.makedirs(output_dir, exist_ok=True)
+    sources, labels = load_sources(spec.digit_size)
+    per_class = np.zeros(10, np.int64)
+    bounds = np.linspace(0, count, shards + 1).astype(int)
+    for shard in range(shards):
+        path = os.path.join(output_dir, schema.shard_name(SHARD_PREFIX[split], shard, shards))
+        indices = range(bounds[shard], bounds[shard + 1])
+        if not os.path.exists(path):
+            _write_shard(path, split, indices, seed, sources, labels, spec)
+        chosen = [_canvas_rng(split, i, seed)[1] for i in indices]
+        per_class += np.bincount(labels[chosen], minlength=10)
+        if progress is not None:
+            progress(shard + 1, shards)
+    report = {"split": split, "images": int(count), "shards": shards, "seed": seed,
+              "images_per_class": per_class.tolist(), "spec": dataclasses.asdict(spec)}
+    with open(os.path.join(output_dir, f"{split}_report.json"), "w") as handle:
+        json.dump(report, handle, indent=1)
+    return report
+
+
+def _write_shard(path, split, indices, seed, sources, labels, spec):
+    temporary = path + ".incomplete"
+    with tf.io.TFRecordWriter(temporary) as writer:
+        for i in indices:
+            image, label, box = canvas_example(split, i, seed, sources, labels, spec)
+            jpeg = tf.io.encode_jpeg(image, quality=95).numpy()
+            writer.write(schema.encode_example(
+                jpeg, spec.canvas_size, spec.canvas_size, label, str(label),
+                f"{split}_{i:06d}", boxes=[box], box_labels=[label]))
+    os.replace(temporary, path)
+
+
+def _canvas_rng(split: str, index: int, seed: int) -> Tuple[np.random.Generator, int]:
+    """The generator of canvas `index` and the source digit it draws first."""
+    start, stop = SPLITS[split]
+    rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
+    return rng, int(rng.integers(start, stop))
+
+
+def main(argv):
+    del argv
+    from absl import flags, logging
+
+    values = flags.FLAGS
+    for split, count, shards in (("train", values.train_size, values.train_shards),
+                                 ("test", values.test_size, values.test_shards)):
+        report = write_split(values.output_dir, split, count, shards, values.seed,
+                             progress=lambda done, total, s=split: logging.info(
+                                 "%s: %d/%d shards", s, done, total))
+        print(f"{split}: {report['images']} canvases in {shards} shards -> {values.output_dir}")
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_string("output_dir", None, "Where the TFRecord shards and reports go.")
+    flags.DEFINE_integer("train_size", 20000, "Training canvases.")
+    flags.DEFINE_integer("test_size", 2000, "Test canvases.")
+    flags.DEFINE_integer("train_shards", 16, "Training shards.")
+    flags.DEFINE_integer("test_shards", 4, "Test shards.")
+    flags.DEFINE_integer("seed", 0, "Seed of the canvases.")
+    flags.mark_flag_as_required("output_dir")
+    app.run(main)
