@@ -149,7 +149,7 @@ def efficientnet(name: str, input_size: int, stochastic_depth: float = 0.0,
     network = _EFFICIENTNETS[name](include_top=False, weights=None, input_tensor=x,
                                    pooling="avg", drop_connect_rate=stochastic_depth)
     if pretrained is not None:
-        network.load_weights(_weights_path(name, pretrained))
+        network.load_weights(weights_path(name, pretrained))
         normalization = next(l for l in network.layers if isinstance(l, layers.Normalization))
         normalization.set_weights([np.array(IMAGENET_MEAN_RGB, np.float32),
                                    np.square(np.array(IMAGENET_STDDEV_RGB, np.float32)),
@@ -159,7 +159,8 @@ def efficientnet(name: str, input_size: int, stochastic_depth: float = 0.0,
                              location_layer or EFFICIENTNET_LOCATION_LAYER[name], name)
 
 
-def _weights_path(name: str, pretrained: str) -> str:
+def weights_path(name: str, pretrained: str) -> str:
+    """The local weight file for `pretrained` ("imagenet" downloads the Keras file)."""
     if pretrained != "imagenet":
         if not os.path.isfile(pretrained):
             raise FileNotFoundError(f"pretrained weights file not found: {pretrained}")

@@ -1,0 +1,30 @@
+"""CUB-200-2011 (200 classes): TNet-B0..B4 and EfficientNet-B0..B4 fine-tuned from ImageNet.
+
+    python -m data_prep.cub --input_dir=/data/cub --output_dir=/data/cub_tfrecords
+    python -m experiments.cub --stage=train --backbone=b3 \\
+        --pretrained=/weights/efficientnetb3_notop.h5 --data_dir=/data/cub_tfrecords --model_dir=runs/cub_b3
+    python -m experiments.cub --stage=evaluate --data_dir=/data/cub_tfrecords --model_dir=runs/cub_b3
+    python -m experiments.cub --stage=baseline --backbone=b3 --pretrained=... --model_dir=runs/cub_b3
+
+The recipe (experiments/recipes.py) uses ImageNet-pretrained backbones:
+`--pretrained=imagenet` downloads the Keras weights (offline it fails at
+start; pass the path of a Keras `efficientnetbX_notop.h5` file instead).
+The authors' auxiliary contrastive loss is not part of this recipe.
+"""
+from absl import app
+
+from experiments import recipes, runner
+
+ENTRY = runner.Entry(dataset="cub", recipes=recipes.CUB, eval_split="test",
+                     tnet_stages=("train",))
+runner.define_flags(ENTRY, default_stage="train")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    runner.run(ENTRY)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,264 @@
+"""What every dataset entry point shares: flags, validation, the run directory
+and the dispatch to the stages (`experiments.stages`).
+
+An entry point (e.g. `experiments/fmow.py`) calls `define_flags` with its
+stages and `run` from its `main`; everything else happens here, so the
+datasets differ only in their recipes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from absl import flags
+
+from experiments.recipes import BACKBONE_EPOCHS, Recipe
+
+FLAGS = flags.FLAGS
+TOOL_STAGES = ("evaluate", "profile", "visualize")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+# --smoke: the compact backbone at a 32 px base resolution on generated digits.
+SMOKE_BASE = 32
+SMOKE_CLASSES = 10
+
+
+class FlagError(ValueError):
+    """A bad flag value; the message names the flag."""
+
+    def __init__(self, flag: str, message: str):
+        super().__init__(f"--{flag}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One dataset's entry point: its name, stages and defaults."""
+
+    dataset: str                    # tnet_tf data pipeline name (fmow, imagenet, cub, nabirds)
+    recipes: Dict[str, Recipe]      # training stages in the order they run
+    eval_split: str                 # shard prefix evaluated by default
+    tnet_stages: Tuple[str, ...]    # TNet training stages, last = the one evaluated
+
+
+def define_flags(entry: Entry, default_stage: str) -> None:
+    stages = list(entry.recipes) + list(TOOL_STAGES)
+    flags.DEFINE_enum("stage", default_stage, stages, "What to run.")
+    flags.DEFINE_string("data_dir", None, "Folder of the TFRecord shards (data_prep output).")
+    flags.DEFINE_string("model_dir", None, "Run folder; each stage writes to its subfolder.")
+    flags.DEFINE_enum("strategy", "default", list(STRATEGIES), "tf.distribute strategy.")
+    flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu.")
+    flags.DEFINE_integer("global_batch_size", None, "Batch over all replicas; default: recipe.")
+    flags.DEFINE_integer("epochs", None, "Training epochs; default: recipe.")
+    flags.DEFINE_integer("steps_per_epoch", None, "Default: training images / global batch.")
+    flags.DEFINE_bool("mixed_precision", False, "bfloat16 on CPU/TPU, float16 on GPU.")
+    flags.DEFINE_integer("seed", 0, "Seed of weights, data order and augmentation.")
+    flags.DEFINE_bool("smoke", False, "Run the stage end to end on a tiny generated dataset "
+                      "with a compact model, to check an installation (about a minute).")
+    flags.DEFINE_string("init_checkpoint", None, "Checkpoint that initialises the stage; "
+                        "default: the final checkpoint of the recipe's init_from stage.")
+    flags.DEFINE_string("checkpoint_stage", entry.tnet_stages[-1],
+                        "evaluate / visualize / profile: the stage whose final checkpoint "
+                        "is used.")
+    flags.DEFINE_string("eval_split", entry.eval_split, "Shard prefix to evaluate.")
+    flags.DEFINE_multi_string("budgets", None, "evaluate: location budgets, e.g. '0;1;2,1'; "
+                              "default: the recipe's.")
+    flags.DEFINE_bool("profile", False, "evaluate: also measure ms/image and memory.")
+    flags.DEFINE_bool("export_attention", False, "evaluate: CSV of every attended box.")
+    flags.DEFINE_integer("num_images", 8, "visualize: images to draw.")
+    flags.DEFINE_integer("eval_steps", None, "Evaluate at most this many batches.")
+    flags.DEFINE_integer("save_every", 500, "Checkpoint every this many steps.")
+    for name, kind in (("learning_rate", float), ("backbone_learning_rate", float),
+                       ("lambda_f", float), ("lambda_c", float), ("lambda_r", float),
+                       ("dropout", float), ("stochastic_depth", float),
+                       ("weight_decay", float), ("input_size", int)):
+        define = flags.DEFINE_float if kind is float else flags.DEFINE_integer
+        define(name, None, f"Override the recipe's {name}.")
+    flags.DEFINE_string("locations", None, "Override the training budget, e.g. '2' or '2,1'.")
+    flags.DEFINE_string("backbone", None, "Override the backbone, e.g. efficientnet-b3.")
+    flags.DEFINE_string("pretrained", None, "Backbone weights: 'imagenet' or a Keras .h5 file.")
+
+
+def parse_budget(text: str, flag: str) -> Tuple[int, ...]:
+    try:
+        budget = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        raise FlagError(flag, f"{text!r} is not a comma list of integers") from None
+    if any(k < 0 for k in budget):
+        raise FlagError(flag, f"{text!r} has a negative location count")
+    return budget
+
+
+def resolve_recipe(recipe: Recipe) -> Recipe:
+    """The recipe with every flag that was given applied."""
+    changes = {}
+    for name in ("learning_rate", "backbone_learning_rate", "lambda_f", "lambda_c", "lambda_r",
+                 "dropout", "stochastic_depth", "weight_decay", "input_size", "epochs",
+                 "global_batch_size", "backbone", "pretrained"):
+        value = getattr(FLAGS, name)
+        if value is not None:
+            changes[name] = value
+    if FLAGS.locations is not None:
+        changes["locations"] = parse_budget(FLAGS.locations, "locations")
+    if FLAGS.backbone is not None:
+        name = FLAGS.backbone if FLAGS.backbone in _backbones() else \
+            f"efficientnet-{FLAGS.backbone}"
+        if name not in _backbones():
+            raise FlagError("backbone", f"{FLAGS.backbone!r} is not one of b0..b4 or "
+                            f"{', '.join(_backbones())}")
+        changes["backbone"] = name
+        if FLAGS.epochs is None and name in BACKBONE_EPOCHS:
+            changes["epochs"] = BACKBONE_EPOCHS[name]
+    recipe = recipe.replace(**changes)
+    if FLAGS.smoke:
+        recipe = smoke_recipe(recipe)
+    return recipe
+
+
+def _backbones():
+    from tnet_tf.config import BACKBONES
+    return BACKBONES
+
+
+def smoke_recipe(recipe: Recipe) -> Recipe:
+    """The recipe shrunk for `--smoke`: sizes scaled to a 32 px base, 2 short epochs."""
+    import tnet_tf
+    base = tnet_tf.get_preset(recipe.preset).base_resolution
+    return recipe.replace(input_size=max(SMOKE_BASE, round(recipe.input_size * SMOKE_BASE / base)),
+                          epochs=min(recipe.epochs, 2), global_batch_size=8, pretrained=None,
+                          backbone=None)
+
+
+def model_config(recipe: Recipe):
+    """The TNetConfig of a recipe (smoke runs: compact backbone, 32 px base)."""
+    import tnet_tf
+    from tnet_tf.config import BackboneConfig
+
+    preset = tnet_tf.get_preset(recipe.preset)
+    backbone = dataclasses.replace(preset.backbone, **{
+        key: value for key, value in (("name", recipe.backbone),
+                                      ("stochastic_depth", recipe.stochastic_depth),
+                                      ("spatial_dropout", recipe.spatial_dropout),
+                                      ("pretrained", recipe.pretrained)) if value is not None})
+    changes = dict(backbone=backbone, input_size=recipe.input_size, locations=recipe.locations)
+    if recipe.dropout is not None:
+        changes["dropout"] = recipe.dropout
+    if FLAGS.smoke:
+        changes.update(backbone=BackboneConfig(name="compact", width=8),
+                       base_resolution=SMOKE_BASE, num_classes=SMOKE_CLASSES, location_width=16,
+                       location_se_width=8, code_size=24)
+    return dataclasses.replace(preset, **changes)
+
+
+def stage_dir(stage: str) -> str:
+    return os.path.join(FLAGS.model_dir, stage)
+
+
+def final_checkpoint(stage: str) -> str:
+    return os.path.join(stage_dir(stage), "final")
+
+
+def shard_pattern(split: str) -> str:
+    return os.path.join(FLAGS.data_dir, f"{split}-*")
+
+
+def validate(entry: Entry, stage: str, recipe: Optional[Recipe]) -> None:
+    """Checks flags, data and checkpoints before any work; raises FlagError."""
+    import tensorflow as tf
+    import tnet_tf
+
+    if not FLAGS.model_dir:
+        raise FlagError("model_dir", "is required (the run folder)")
+    if not FLAGS.smoke:
+        if not FLAGS.data_dir:
+            raise FlagError("data_dir", "is required (the folder of the TFRecord shards)")
+        if not os.path.isdir(FLAGS.data_dir):
+            raise FlagError("data_dir", f"{FLAGS.data_dir} does not exist")
+        needed = [FLAGS.eval_split] if stage in TOOL_STAGES else ["train", FLAGS.eval_split]
+        for split in needed:
+            if not tf.io.gfile.glob(shard_pattern(split)):
+                raise FlagError("data_dir", f"{FLAGS.data_dir} has no {split}-* shards; write "
+                                f"them with python -m data_prep.{entry.dataset}")
+    if FLAGS.global_batch_size is not None and FLAGS.global_batch_size < 1:
+        raise FlagError("global_batch_size", f"{FLAGS.global_batch_size} must be >= 1")
+    if FLAGS.epochs is not None and FLAGS.epochs < 1:
+        raise FlagError("epochs", f"{FLAGS.epochs} must be >= 1")
+    if FLAGS.strategy == "tpu" and not FLAGS.tpu and "TPU_NAME" not in os.environ:
+        raise FlagError("tpu", "--strategy=tpu needs --tpu (or TPU_NAME)")
+    if stage in TOOL_STAGES:
+        checkpoint_stage = FLAGS.checkpoint_stage
+        if checkpoint_stage not in entry.recipes:
+            raise FlagError("checkpoint_stage", f"{checkpoint_stage!r} is not a stage of "
+                            f"{entry.dataset}: {', '.join(entry.recipes)}")
+        if stage != "profile" and not os.path.exists(final_checkpoint(checkpoint_stage) +
+                                                     "/checkpoint"):
+            raise FlagError("checkpoint_stage", f"no final checkpoint of {checkpoint_stage} in "
+                            f"{final_checkpoint(checkpoint_stage)}; run --stage="
+                            f"{checkpoint_stage} first")
+        for text in budget_texts():
+            parse_budget(text, "budgets")
+        return
+    if recipe.init_from or FLAGS.init_checkpoint:
+        source = FLAGS.init_checkpoint or final_checkpoint(recipe.init_from)
+        if not (os.path.exists(source + ".index") or os.path.exists(source + "/checkpoint")):
+            raise FlagError("init_checkpoint", f"{source} does not exist; run --stage="
+                            f"{recipe.init_from} first or pass --init_checkpoint")
+    if recipe.pretrained is not None:
+        from tnet_tf import backbones
+        try:
+            backbones.weights_path(model_config(recipe).backbone.name, recipe.pretrained)
+        except (OSError, RuntimeError) as error:
+            raise FlagError("pretrained", str(error)) from None
+    try:
+        config = model_config(recipe)
+    except ValueError as error:
+        raise FlagError("stage", f"invalid model for {stage}: {error}") from None
+    if recipe.model == "tnet":
+        levels = 1 + sum(1 for k in recipe.locations if k)
+        reachable = tnet_tf.reachable_levels(recipe.input_size, config.base_resolution,
+                                             config.cell_fraction)
+        if levels > reachable:
+            raise FlagError("input_size", f"{recipe.input_size} px reaches {reachable} level(s); "
+                            f"locations {list(recipe.locations)} need {levels}")
+
+
+def budget_texts() -> List[str]:
+    return [text for value in (FLAGS.budgets or []) for text in value.split(";") if text]
+
+
+def save_run_info(stage: str, recipe: Optional[Recipe], config=None) -> None:
+    """Prints the resolved recipe and flags and saves them in the stage folder."""
+    os.makedirs(stage_dir(stage), exist_ok=True)
+    info = {"stage": stage, "flags": {name: FLAGS[name].value for name in _own_flags()}}
+    if recipe is not None:
+        info["recipe"] = dataclasses.asdict(recipe)
+    if config is not None:
+        info["model_config"] = config.to_dict()
+    print(json.dumps(info, indent=1, default=str))
+    with open(os.path.join(stage_dir(stage), "run.json"), "w") as handle:
+        json.dump(info, handle, indent=1, default=str)
+
+
+def _own_flags() -> Sequence[str]:
+    return [flag.name for flag in FLAGS.get_flags_for_module(sys.modules[__name__])]
+
+
+def run(entry: Entry) -> None:
+    """Validates the flags and runs `--stage`; bad flags end in a one-line error."""
+    from experiments import stages
+
+    stage = FLAGS.stage
+    try:
+        recipe = None if stage in TOOL_STAGES else resolve_recipe(entry.recipes[stage])
+        if FLAGS.smoke and FLAGS.model_dir and not FLAGS.data_dir:
+            FLAGS.data_dir = stages.make_smoke_data(os.path.join(FLAGS.model_dir, "smoke_data"))
+            FLAGS.eval_split = "test"
+        validate(entry, stage, recipe)
+    except FlagError as error:
+        sys.exit(f"error: {error}")
+    stages.seed_everything(FLAGS.seed)
+    if stage in TOOL_STAGES:
+        getattr(stages, stage)(entry)
+    else:
+        stages.train(entry, stage, recipe)

@@ -1,0 +1,126 @@
+"""The dataset entry points: flag validation, and every stage end to end with --smoke.
+
+Entry points define their absl flags at import, so each run is a real
+subprocess, as a user would start it.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data_prep import digits
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(entry, *args, check=True):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
+    result = subprocess.run([sys.executable, "-m", f"experiments.{entry}", *args], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{entry} {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("digits")
+    spec = digits.CanvasSpec(canvas_size=128, clutter=4)
+    digits.write_split(str(folder), "train", 16, 1, seed=0, spec=spec)
+    digits.write_split(str(folder), "test", 8, 1, seed=0, spec=spec)
+    return str(folder)
+
+
+def error_line(result):
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("entry, args, message", [
+    ("fmow", ["--stage=train_448"], "--data_dir: is required"),
+    ("fmow", ["--stage=train_448", "--data_dir=EMPTY"], "has no train-* shards"),
+    ("fmow", ["--stage=finetune_896", "--data_dir=DATA"],
+     "--init_checkpoint: MODEL/train_448/final does not exist; run --stage=train_448 first"),
+    ("fmow", ["--stage=train_448", "--data_dir=DATA", "--input_size=224"],
+     "--input_size: 224 px reaches 1 level(s); locations [2] need 2"),
+    ("fmow", ["--stage=evaluate", "--data_dir=DATA"],
+     "--checkpoint_stage: no final checkpoint of finetune_896"),
+    ("cub", ["--stage=train", "--data_dir=DATA", "--pretrained=/no/such/weights.h5"],
+     "--pretrained: pretrained weights file not found: /no/such/weights.h5"),
+    ("nabirds", ["--stage=train", "--data_dir=DATA", "--backbone=b9"],
+     "--backbone: 'b9' is not one of b0..b4"),
+])
+def test_bad_flags_stop_with_one_line_naming_the_flag(entry, args, message, data_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    model_dir = str(tmp_path / "run")
+    args = [a.replace("EMPTY", str(empty)).replace("DATA", data_dir) for a in args]
+    line = error_line(run(entry, *args, f"--model_dir={model_dir}", check=False))
+    assert message.replace("MODEL", model_dir) in line
+    assert not os.path.exists(os.path.join(model_dir, "train_448", "final"))
+
+
+def _drawn_pixels(path):
+    pixels = tf.io.decode_png(tf.io.read_file(path), channels=3).numpy().astype(int)
+    red = (pixels[..., 0] > 200) & (pixels[..., 1] < 100) & (pixels[..., 2] < 100)
+    return pixels.shape, int(red.sum())
+
+
+def _check_visualize(model_dir):
+    figures = sorted(os.listdir(os.path.join(model_dir, "visualize")))
+    assert len(figures) == 2
+    for name in figures:
+        shape, red = _drawn_pixels(os.path.join(model_dir, "visualize", name))
+        assert shape[0] >= 128 and shape[1] >= 128 and red > 50   # level-2 boxes drawn
+
+
+def _results(model_dir, stage):
+    with open(os.path.join(model_dir, stage, "results.json")) as handle:
+        return json.load(handle)
+
+
+@pytest.mark.slow
+def test_every_fmow_stage_runs_with_smoke(tmp_path):
+    model_dir = str(tmp_path / "fmow")
+    smoke = ["--smoke", f"--model_dir={model_dir}", "--num_images=2"]
+    run("fmow", "--stage=train_448", *smoke)
+    finetune = run("fmow", "--stage=finetune_896", *smoke)
+    assert "initialised from" in finetune.stdout and "train_448/final" in finetune.stdout
+    for stage in ("baseline_bbox", "baseline_224", "baseline_448", "baseline_896"):
+        run("fmow", f"--stage={stage}", *smoke)
+        row, = _results(model_dir, stage)
+        assert 0.0 <= row["top1"] <= 100.0 and row["gflops"] > 0
+    run("fmow", "--stage=evaluate", "--export_attention", *smoke)
+    rows = _results(model_dir, "evaluate")
+    assert [r["locations"] for r in rows] == [[0], [1], [2], [3], [2, 1], [2, 2]]
+    assert [r["input_size"] for r in rows] == [64, 64, 64, 64, 128, 128]
+    gflops = [r["gflops"] for r in rows]
+    assert gflops == sorted(gflops) and gflops[0] < gflops[-1]
+    assert rows[1]["coverage_level2"] == pytest.approx(25.0)
+    for suffix in ("results.md", "results.csv", "attention.csv", "accuracy_vs_gflops.png"):
+        assert os.path.getsize(os.path.join(model_dir, "evaluate", suffix)) > 0
+    run("fmow", "--stage=visualize", *smoke)
+    _check_visualize(model_dir)
+    run("fmow", "--stage=profile", *smoke)
+    with open(os.path.join(model_dir, "profile", "profile.json")) as handle:
+        row, = json.load(handle)
+    assert row["params"] > 0 and row["ms_per_image"] > 0
+    assert os.listdir(os.path.join(model_dir, "profile", "trace"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", ["imagenet", "cub", "nabirds"])
+def test_every_stage_of_the_other_entry_points_runs_with_smoke(entry, tmp_path):
+    model_dir = str(tmp_path / entry)
+    smoke = ["--smoke", f"--model_dir={model_dir}", "--num_images=2"]
+    for stage in ("train", "baseline", "evaluate", "visualize", "profile"):
+        run(entry, f"--stage={stage}", *smoke)
+    rows = _results(model_dir, "evaluate")
+    assert len(rows) >= 4 and all(np.isfinite(r["top1"]) for r in rows)
+    _check_visualize(model_dir)
