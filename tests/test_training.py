@@ -83,16 +83,22 @@ def test_loss_is_the_mean_of_the_per_example_terms_and_reward_matches_top1():
     assert step["loss"] == pytest.approx(expected, rel=1e-5)
 
 
-def test_weight_decay_skips_batch_norm_variables():
+def test_weight_decay_skips_normalization_variables():
     model = _model()
     model(tf.zeros([1, 64, 64, 3]), locations=[1])
     decayed = training.decayed_variables(model)
     names = {v.name for v in decayed}
-    assert not any("_bn" in name for name in names)
+    assert not any("_gn" in name for name in names)
     assert "stage1_conv1/kernel:0" in names and any("classifier" in v.name or "logits" in v.name
                                                     for v in decayed)
-    batch_norm = [v for v in model.trainable_variables if "_bn" in v.name]
-    assert len(batch_norm) == 16 and len(decayed) == len(model.trainable_variables) - 16
+    group_norm = [v for v in model.trainable_variables if "_gn" in v.name]
+    assert len(group_norm) == 16 and len(decayed) == len(model.trainable_variables) - 16
+    batch_norm = tf.keras.Sequential([tf.keras.layers.Conv2D(4, 3),
+                                      tf.keras.layers.BatchNormalization(),
+                                      tf.keras.layers.Dense(2)])
+    batch_norm.build([None, 8, 8, 3])
+    assert [v.name.split("/")[-1] for v in training.decayed_variables(batch_norm)] == \
+        ["kernel:0", "bias:0", "kernel:0", "bias:0"]
     penalty = training.l2_penalty(decayed, 1e-4)
     by_hand = 1e-4 * sum(np.sum(np.square(v.numpy())) for v in decayed)
     assert float(penalty) == pytest.approx(by_hand, rel=1e-5)

@@ -37,9 +37,6 @@ class BackboneConfig:
         download, needs internet) or the path of a Keras EfficientNet weight
         file (`efficientnetb0_notop.h5` or one saved by `save_weights`).
       width: "compact" only; channels of its first stage (doubled per stage).
-      synchronized_batch_norm: "compact" only; batch norm computes its
-        statistics over the global batch under `tf.distribute`, so N replicas
-        train exactly like one device with the same global batch.
       location_layer: name of the layer whose output feeds the location
         module; None takes the backbone's default (BagNet-77: the 13th
         ConvBlock; EfficientNet: the last block of stage 4, which is the 8th
@@ -53,7 +50,6 @@ class BackboneConfig:
     pretrained: Optional[str] = None
     width: int = 16
     location_layer: Optional[str] = None
-    synchronized_batch_norm: bool = False
 
     def __post_init__(self):
         _check_choice("backbone.name", self.name, BACKBONES)
@@ -62,9 +58,6 @@ class BackboneConfig:
         if self.pretrained is not None and not self.name.startswith("efficientnet"):
             raise ValueError(f"backbone.pretrained: {self.name} has no published Keras weights; "
                              "pretrained weights are supported for efficientnet-b0..b4 only.")
-        if self.synchronized_batch_norm and self.name != "compact":
-            raise ValueError("backbone.synchronized_batch_norm is supported for the compact "
-                             f"backbone only, not {self.name}")
         if self.width < 1:
             raise ValueError(f"backbone.width must be >= 1, got {self.width}")
 

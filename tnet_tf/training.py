@@ -42,7 +42,7 @@ class TrainingOptions:
         training.
       weight_decay: L2 factor; adds `weight_decay * sum(w ** 2)` (the Keras
         `L2` regulariser convention) over every trainable variable except
-        batch-norm scales and offsets.
+        the scales and offsets of normalisation layers.
     """
 
     loss_weights: losses.LossWeights = dataclasses.field(default_factory=losses.LossWeights)
@@ -99,8 +99,10 @@ def current_learning_rate(optimizer) -> tf.Tensor:
 
 
 def decayed_variables(model: tf.keras.Model):
-    """Trainable variables that L2 weight decay applies to: all but batch norm's."""
-    normalization = (tf.keras.layers.BatchNormalization,)
+    """Trainable variables that L2 weight decay applies to: all but the scales
+    and offsets of normalisation layers (batch, group and layer norm)."""
+    normalization = (tf.keras.layers.BatchNormalization, tf.keras.layers.GroupNormalization,
+                     tf.keras.layers.LayerNormalization)
     skipped = {id(v) for layer in model.submodules if isinstance(layer, normalization)
                for v in layer.trainable_variables}
     return [v for v in model.trainable_variables if id(v) not in skipped]

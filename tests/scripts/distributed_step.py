@@ -3,8 +3,8 @@
     python tests/scripts/distributed_step.py
 
 Both runs start from the same weights and see the same global batch of 4
-images (2 per replica); the compact backbone uses synchronized batch norm
-so the replicas normalise with the global batch statistics. SGD (whose
+images (2 per replica); the compact backbone normalises each image on its
+own (no batch statistics), so replicas need no synchronisation. SGD (whose
 update is proportional to the gradient, unlike Adam's first step) makes
 any error in the loss scaling visible. Prints one JSON line with the
 largest differences.
@@ -23,7 +23,7 @@ import tnet_tf  # noqa: E402
 from tnet_tf.config import BackboneConfig  # noqa: E402
 
 CONFIG = tnet_tf.TNetConfig(
-    num_classes=5, backbone=BackboneConfig(name="compact", width=8, synchronized_batch_norm=True),
+    num_classes=5, backbone=BackboneConfig(name="compact", width=8),
     base_resolution=32, input_size=64, locations=(2,), location_width=16, location_se_width=8,
     code_size=24, dropout=0.0)
 
