@@ -24,6 +24,7 @@ class Recipe:
     excluded), lambda_f / lambda_c / lambda_r / max_feature_level (eqs. 1-3).
     init_from: the stage whose final checkpoint initialises this one.
     bbox_crops: train and evaluate on the context crops around the boxes.
+    augment: the B.2 training augmentation (off for digits: a flip changes them).
     pretrained: backbone weights ("imagenet" or a Keras weight file).
     """
 
@@ -46,6 +47,7 @@ class Recipe:
     max_feature_level: Optional[int] = None
     init_from: Optional[str] = None
     bbox_crops: bool = False
+    augment: bool = True
     pretrained: Optional[str] = None
     backbone: Optional[str] = None
 
@@ -94,3 +96,18 @@ CUB = _birds("cub")
 NABIRDS = _birds("nabirds")
 # TNet-B4 trains for 125 epochs in the authors' fine-grained recipe (CUB, NABirds).
 BACKBONE_EPOCHS = {"efficientnet-b4": 125}
+
+
+# The embedded demo on cluttered digits (experiments.digits): the fMoW recipe in miniature.
+_DIGITS_TNET = Recipe(preset="digits", input_size=128, locations=(2,), epochs=8,
+                      learning_rate=1e-3, lambda_c=0.3, lambda_r=0.3, augment=False,
+                      evaluation_budgets=((0,), (1,), (2,), (3,), (2, 1), (2, 2)))
+DIGITS: Dict[str, Recipe] = {
+    "train_128": _DIGITS_TNET,
+    "finetune_256": _DIGITS_TNET.replace(input_size=256, locations=(2, 1), epochs=4,
+                                         init_from="train_128"),
+    "baseline_64": Recipe(model="baseline", preset="digits", input_size=64, epochs=8,
+                          augment=False, evaluation_budgets=()),
+    "baseline_256": Recipe(model="baseline", preset="digits", input_size=256, epochs=8,
+                           augment=False, evaluation_budgets=()),
+}

@@ -8,10 +8,11 @@ datasets differ only in their recipes.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import flags
 
@@ -40,6 +41,8 @@ class Entry:
     recipes: Dict[str, Recipe]      # training stages in the order they run
     eval_split: str                 # shard prefix evaluated by default
     tnet_stages: Tuple[str, ...]    # TNet training stages, last = the one evaluated
+    # Writes the dataset into a folder when --data_dir has none (datasets we can generate).
+    generate_data: Optional[Callable[[str], None]] = None
 
 
 def define_flags(entry: Entry, default_stage: str) -> None:
@@ -170,7 +173,7 @@ def validate(entry: Entry, stage: str, recipe: Optional[Recipe]) -> None:
 
     if not FLAGS.model_dir:
         raise FlagError("model_dir", "is required (the run folder)")
-    if not FLAGS.smoke:
+    if not FLAGS.smoke and stage != "profile":
         if not FLAGS.data_dir:
             raise FlagError("data_dir", "is required (the folder of the TFRecord shards)")
         if not os.path.isdir(FLAGS.data_dir):
@@ -254,6 +257,11 @@ def run(entry: Entry) -> None:
         if FLAGS.smoke and FLAGS.model_dir and not FLAGS.data_dir:
             FLAGS.data_dir = stages.make_smoke_data(os.path.join(FLAGS.model_dir, "smoke_data"))
             FLAGS.eval_split = "test"
+        elif entry.generate_data is not None and FLAGS.model_dir:
+            FLAGS.data_dir = FLAGS.data_dir or os.path.join(FLAGS.model_dir, "data")
+            if not glob.glob(shard_pattern("train")):
+                print(f"generating the {entry.dataset} dataset in {FLAGS.data_dir}")
+                entry.generate_data(FLAGS.data_dir)
         validate(entry, stage, recipe)
     except FlagError as error:
         sys.exit(f"error: {error}")

@@ -56,7 +56,7 @@ def input_config(entry, split: str, image_size: int, batch_size: int, is_trainin
     return pipeline.input_config_for(
         entry.dataset, file_pattern=runner.shard_pattern(split),
         image_size=image_size, batch_size=batch_size, training=is_training, seed=FLAGS.seed,
-        crop_to_boxes=recipe.bbox_crops)
+        crop_to_boxes=recipe.bbox_crops, augment=recipe.augment)
 
 
 def count_examples(entry, split: str, recipe: Recipe) -> int:

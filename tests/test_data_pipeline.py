@@ -155,3 +155,15 @@ def test_strict_mode_stops_naming_the_shard(tmp_path, shard):
 def test_missing_files_name_the_pattern(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing-\\*"):
         pipeline.make_dataset(config(tmp_path, file_pattern=str(tmp_path / "nothing-*")))
+
+
+def test_training_without_augmentation_resizes_like_evaluation(tmp_path):
+    write_shards(tmp_path, num_shards=1, per_shard=4)
+    by_label = {}
+    for images, labels in batches(pipeline.make_dataset(config(tmp_path, augment=False)), 4):
+        for image, label in zip(images, labels):      # a repeated record comes out the same
+            np.testing.assert_array_equal(by_label.setdefault(int(label), image), image)
+    evaluated = batches(pipeline.make_dataset(config(tmp_path, training=False)), 1)[0]
+    assert sorted(by_label) == sorted(evaluated[1].tolist())
+    for image, label in zip(*evaluated):
+        np.testing.assert_allclose(by_label[int(label)], image, atol=1e-6)

@@ -124,3 +124,19 @@ def test_every_stage_of_the_other_entry_points_runs_with_smoke(entry, tmp_path):
     rows = _results(model_dir, "evaluate")
     assert len(rows) >= 4 and all(np.isfinite(r["top1"]) for r in rows)
     _check_visualize(model_dir)
+
+
+@pytest.mark.slow
+def test_digits_generates_its_data_and_runs_every_stage(tmp_path):
+    model_dir = str(tmp_path / "digits")
+    run("digits", "--stage=profile", f"--model_dir={model_dir}", "--train_size=16",
+        "--test_size=8")
+    assert len(os.listdir(os.path.join(model_dir, "data"))) >= 4   # shards and reports
+    with open(os.path.join(model_dir, "data", "train_report.json")) as handle:
+        assert json.load(handle)["images"] == 16
+    smoke = ["--smoke", f"--model_dir={model_dir}", "--num_images=2"]
+    for stage in ("train_128", "finetune_256", "baseline_64", "evaluate", "visualize"):
+        run("digits", f"--stage={stage}", *smoke)
+    rows = _results(model_dir, "evaluate")
+    assert [r["locations"] for r in rows] == [[0], [1], [2], [3], [2, 1], [2, 2]]
+    _check_visualize(model_dir)

@@ -196,7 +196,18 @@ def _birds(num_classes: int) -> TNetConfig:
         feature_weighting=True)
 
 
+def _digits() -> TNetConfig:
+    # The embedded demo (experiments.digits): cluttered 256 px digit canvases, a compact
+    # CNN at a 64 px base resolution, 3x3 grid of 50 % cells.
+    return TNetConfig(
+        num_classes=10, backbone=BackboneConfig(name="compact", width=16),
+        base_resolution=64, input_size=128, grid_size=3, cell_fraction=0.5, locations=(2,),
+        location_module="squeeze_excitation", location_width=32, location_se_width=16,
+        code_size=48, positional_fusion="add_silu", dropout=0.2, initializer="efficientnet")
+
+
 PRESETS = {
+    "digits": _digits,
     "imagenet": _imagenet,
     "fmow": _fmow,
     "cub": lambda: _birds(200),
@@ -205,7 +216,7 @@ PRESETS = {
 
 
 def get_preset(name: str, **overrides) -> TNetConfig:
-    """Returns the named preset ("imagenet", "fmow", "cub", "nabirds") with overrides.
+    """Returns the named preset ("imagenet", "fmow", "cub", "nabirds", "digits") with overrides.
 
     `backbone` may be overridden by a BackboneConfig, a dict of its fields or
     a backbone name, e.g. `get_preset("cub", backbone="efficientnet-b3")`.

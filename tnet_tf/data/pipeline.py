@@ -34,7 +34,8 @@ AUTOTUNE = tf.data.AUTOTUNE
 RECORD_OVERHEAD = 16
 # Evaluation crops per dataset: None resizes the whole image (fMoW, as in the
 # paper); ImageNet uses the usual central 87.5 % crop.
-EVAL_CENTRAL_FRACTION = {"fmow": None, "imagenet": 0.875, "cub": None, "nabirds": None}
+EVAL_CENTRAL_FRACTION = {"fmow": None, "imagenet": 0.875, "cub": None, "nabirds": None,
+                         "digits": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,8 @@ class InputConfig:
       image_size: side of the output images.
       batch_size: global batch size (divided among replicas by the input context).
       training: augmentation, shuffling and repetition if True.
+      augment: apply the B.2 augmentation in training (False: the evaluation
+        resize, e.g. for digits, whose identity a flip can change).
       eval_central_fraction: evaluation crop before resizing; None = whole image.
       crop_to_boxes: the bbox baseline: one example per box, cropped with the
         context margins of `boxes.add_context`, labelled by the box's label.
@@ -66,6 +69,7 @@ class InputConfig:
     image_size: int = 448
     batch_size: int = 64
     training: bool = True
+    augment: bool = True
     eval_central_fraction: Optional[float] = None
     crop_to_boxes: bool = False
     crop_around_boxes: bool = False
@@ -278,11 +282,11 @@ def _preprocess(example, seed, config: InputConfig):
         shape = tf.image.extract_jpeg_shape(encoded)
         window = box_lib.pixel_window(example["boxes"][0], shape[0], shape[1])
         image = tf.image.decode_and_crop_jpeg(encoded, tf.stack(window), channels=3)
-        if config.training:
+        if config.training and config.augment:
             image = augment.train_image(image, size, seed)
         else:
             image = augment.eval_image(image, size, config.eval_central_fraction)
-    elif config.training:
+    elif config.training and config.augment:
         crop_boxes = example["boxes"] if config.crop_around_boxes else None
         image = augment.train_jpeg(encoded, size, seed, crop_boxes)
     else:
