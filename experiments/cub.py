@@ -19,11 +19,7 @@ ENTRY = runner.Entry(dataset="cub", recipes=recipes.CUB, eval_split="test",
                      tnet_stages=("train",))
 runner.define_flags(ENTRY, default_stage="train")
 
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    runner.run(ENTRY)
+main = runner.main_for(ENTRY)
 
 
 if __name__ == "__main__":

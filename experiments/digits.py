@@ -32,11 +32,7 @@ ENTRY = runner.Entry(dataset="digits", recipes=recipes.DIGITS, eval_split="test"
                      tnet_stages=("train_128", "finetune_256"), generate_data=generate)
 runner.define_flags(ENTRY, default_stage="train_128")
 
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    runner.run(ENTRY)
+main = runner.main_for(ENTRY)
 
 
 if __name__ == "__main__":

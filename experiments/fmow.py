@@ -21,11 +21,7 @@ ENTRY = runner.Entry(dataset="fmow", recipes=recipes.FMOW, eval_split="test",
                      tnet_stages=("train_448", "finetune_896"))
 runner.define_flags(ENTRY, default_stage="train_448")
 
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    runner.run(ENTRY)
+main = runner.main_for(ENTRY)
 
 
 if __name__ == "__main__":

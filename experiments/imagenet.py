@@ -16,11 +16,7 @@ ENTRY = runner.Entry(dataset="imagenet", recipes=recipes.IMAGENET, eval_split="v
                      tnet_stages=("train",))
 runner.define_flags(ENTRY, default_stage="train")
 
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    runner.run(ENTRY)
+main = runner.main_for(ENTRY)
 
 
 if __name__ == "__main__":

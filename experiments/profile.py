@@ -45,6 +45,8 @@ from typing import List, Optional, Sequence, Tuple
 
 from absl import app, flags
 
+from experiments.runner import FlagError
+
 MODELS = ("tnet", "baseline")
 MEASURES = ("params", "flops", "time", "memory")
 
@@ -62,13 +64,6 @@ flags.DEFINE_integer("warmup_batches", 10, "Discarded warm-up batches before tim
 flags.DEFINE_string("json", None, "Write the rows to this JSON file.")
 
 FLAGS = flags.FLAGS
-
-
-class FlagError(ValueError):
-    """A bad flag value; the message names the flag."""
-
-    def __init__(self, flag: str, message: str):
-        super().__init__(f"--{flag}: {message}")
 
 
 @dataclasses.dataclass(frozen=True)

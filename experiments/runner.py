@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from absl import flags
+from absl import app, flags
 
 from experiments.recipes import BACKBONE_EPOCHS, Recipe
 
@@ -245,6 +245,15 @@ def save_run_info(stage: str, recipe: Optional[Recipe], config=None) -> None:
 
 def _own_flags() -> Sequence[str]:
     return [flag.name for flag in FLAGS.get_flags_for_module(sys.modules[__name__])]
+
+
+def main_for(entry: Entry):
+    """The absl `main` of an entry point."""
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        run(entry)
+    return main
 
 
 def run(entry: Entry) -> None:

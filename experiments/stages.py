@@ -168,7 +168,9 @@ def evaluate_baseline(entry, model, stage: str, recipe: Recipe) -> None:
     print(open(paths["md"]).read())
 
 
-def _restore(stage: str):
+def _restore(stage: str, tool_stage: str):
+    """The trained model of `stage` (rebuilt from its saved config, with its final
+    weights), its recipe and config, and the output folder of `tool_stage`."""
     with open(os.path.join(runner.stage_dir(stage), "run.json")) as handle:
         info = json.load(handle)
     recipe = Recipe(**{k: (tuple(v) if isinstance(v, list) else v)
@@ -176,7 +178,10 @@ def _restore(stage: str):
     config = tnet_tf.TNetConfig.from_dict(info["model_config"])
     model = (tnet_tf.TNet(config) if recipe.model == "tnet"
              else tnet_tf.Classifier(config, input_size=recipe.input_size))
-    return model, recipe, config
+    model.load_weights(os.path.join(runner.final_checkpoint(stage), "weights")).expect_partial()
+    folder = runner.stage_dir(tool_stage)
+    os.makedirs(folder, exist_ok=True)
+    return model, recipe, config, folder
 
 
 def evaluation_plan(entry, config, recipe: Recipe) -> List[Tuple[int, Tuple[int, ...]]]:
@@ -200,11 +205,7 @@ def evaluation_plan(entry, config, recipe: Recipe) -> List[Tuple[int, Tuple[int,
 
 def evaluate(entry) -> None:
     """Every budget of the evaluated checkpoint: tables, attention CSV and the plot."""
-    model, recipe, config = _restore(FLAGS.checkpoint_stage)
-    model.load_weights(os.path.join(runner.final_checkpoint(FLAGS.checkpoint_stage),
-                                    "weights")).expect_partial()
-    folder = runner.stage_dir("evaluate")
-    os.makedirs(folder, exist_ok=True)
+    model, recipe, config, folder = _restore(FLAGS.checkpoint_stage, "evaluate")
     plan = evaluation_plan(entry, config, recipe)
     attention = (evaluation.AttentionCsv(os.path.join(folder, "attention.csv"))
                  if FLAGS.export_attention else None)
@@ -268,11 +269,7 @@ def profile(entry) -> None:
 
 def visualize(entry) -> None:
     """Draws the attention policy on `--num_images` evaluation images."""
-    model, recipe, config = _restore(FLAGS.checkpoint_stage)
-    model.load_weights(os.path.join(runner.final_checkpoint(FLAGS.checkpoint_stage),
-                                    "weights")).expect_partial()
-    folder = runner.stage_dir("visualize")
-    os.makedirs(folder, exist_ok=True)
+    model, recipe, _, folder = _restore(FLAGS.checkpoint_stage, "visualize")
     written, remaining = [], FLAGS.num_images
     for images, labels in _eval_dataset(entry, recipe.input_size, recipe, batch_size=8):
         outputs = model(images, locations=list(recipe.locations), training=False)
