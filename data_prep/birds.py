@@ -7,8 +7,9 @@ Both ship `images.txt` (<id> <path under images/>), `image_class_labels.txt`
 """
 from __future__ import annotations
 
+import functools
 import os
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 from data_prep.images import Item, PixelBox
 from data_prep.problems import ProblemLog
@@ -72,3 +73,15 @@ def list_split(root: str, split: str, log: ProblemLog, label_of_class: Dict[str,
         items.append(Item(os.path.join(root, filename), filename, label, box,
                           annotation=f"bounding_boxes.txt (image id {image_id})"))
     return items
+
+
+def convert(argv, read_classes: Callable) -> None:
+    """The `main` of a bird converter: `read_classes(root)` gives (class names,
+    class id -> label)."""
+    from data_prep import cli
+
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
+    names, label_of_class = read_classes(cli.FLAGS.input_dir)
+    lister = functools.partial(list_split, label_of_class=label_of_class)
+    cli.run(lister, PREFIXES, names, cli.options_from_flags())

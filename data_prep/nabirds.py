@@ -11,7 +11,6 @@ image_class_labels.txt). Shards: train-*-of-00064, test-*-of-00064.
 """
 from __future__ import annotations
 
-import functools
 import os
 from typing import Dict, List, Tuple
 
@@ -37,13 +36,7 @@ def read_classes(root: str) -> Tuple[List[str], Dict[str, int]]:
 
 
 def main(argv):
-    from data_prep import cli
-
-    if len(argv) > 1:
-        raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
-    names, label_of_class = read_classes(cli.FLAGS.input_dir)
-    lister = functools.partial(birds.list_split, label_of_class=label_of_class)
-    cli.run(lister, birds.PREFIXES, names, cli.options_from_flags())
+    birds.convert(argv, read_classes)
 
 
 if __name__ == "__main__":
