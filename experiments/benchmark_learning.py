@@ -20,6 +20,7 @@ per variant.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import numpy as np
@@ -80,7 +81,7 @@ def evaluate(model, images, labels, cells, batch: int = 200) -> dict:
 
 def run(variant: str = "per_feature", steps: int = 400, batch: int = 32,
         learning_rate: float = 3e-3, lambda_f: float = 0.1, seed: int = 0,
-        test_count: int = 400) -> dict:
+        test_count: int = 400, figures: str = None) -> dict:
     """Trains one variant; returns its numbers before and after training."""
     tf.keras.utils.set_random_seed(seed)
     train = make_task(steps * batch // 2, seed)          # each image seen twice
@@ -96,17 +97,43 @@ def run(variant: str = "per_feature", steps: int = 400, batch: int = 32,
     history = model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
     seconds = time.time() - started
     after = evaluate(model, *test)
+    if figures:
+        draw_figures(model, test, variant, figures)
     return {"variant": variant, "steps": steps, "batch": batch, "seconds": round(seconds, 1),
             "before": before, "after": after,
             "final_baseline": float(model.baseline.numpy()),
             "final_train_reward": float(history.history["reward"][-1])}
 
 
+def draw_figures(model, test, variant: str, folder: str) -> None:
+    """Attention figures of the trained model on 3 test images, and its
+    accuracy against GFLOPs for 0-3 locations, into `folder`."""
+    from tnet_tf import evaluation, plots, profiling
+
+    os.makedirs(folder, exist_ok=True)
+    images, labels, _ = test
+    outputs = model(images[:3], locations=[2], training=False)
+    for index in range(3):
+        plots.attention_figure(images[index], outputs, index,
+                               os.path.join(folder, f"attention_{variant}_{index}.png"),
+                               label=int(labels[index]))
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(100)
+    rows = evaluation.evaluate_budgets(model, dataset, [(0,), (1,), (2,), (3,)])
+    for row in rows:
+        row["model"] = f"TNet ({variant})"
+        row["gflops"] = profiling.count_flops_eq11(
+            model, (SIZE, SIZE, 3), locations=row["locations"]) / 1e9
+    results = os.path.join(folder, f"results_{variant}.json")
+    with open(results, "w") as handle:
+        json.dump(rows, handle)
+    plots.accuracy_vs_flops([results], os.path.join(folder, f"accuracy_vs_gflops_{variant}.png"))
+
+
 def main(argv):
     del argv
     for variant in FLAGS.variants:
         print(json.dumps(run(variant, FLAGS.steps, FLAGS.batch, FLAGS.learning_rate,
-                             FLAGS.lambda_f, FLAGS.seed)), flush=True)
+                             FLAGS.lambda_f, FLAGS.seed, figures=FLAGS.figures)), flush=True)
 
 
 if __name__ == "__main__":
@@ -118,5 +145,7 @@ if __name__ == "__main__":
     flags.DEFINE_float("learning_rate", 3e-3, "Adam learning rate (dropped x0.1 at 80 %)")
     flags.DEFINE_float("lambda_f", 0.1, "REINFORCE weight")
     flags.DEFINE_integer("seed", 0, "random seed")
+    flags.DEFINE_string("figures", None, "Also write attention figures and the accuracy vs "
+                        "GFLOPs plot of each trained variant to this folder.")
     FLAGS = flags.FLAGS
     app.run(main)
