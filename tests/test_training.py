@@ -165,3 +165,21 @@ def test_a_later_stage_initialises_from_an_earlier_checkpoint(tmp_path):
         "backbone", "classifier", "location_module", "positional_encoding"]
     np.testing.assert_array_equal(other.classifier.dense.kernel.numpy(),
                                   earlier.classifier.dense.kernel.numpy())
+
+
+def test_mixed_float16_training_scales_the_loss():
+    tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = _model()
+        model.compile(tf.keras.optimizers.Adam(1e-3), lambda_c=0.3, lambda_r=0.3,
+                      run_eagerly=True)
+        assert isinstance(model.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+        images, labels = _data(4)
+        model(images[:1], locations=[2])
+        before = [v.numpy().copy() for v in model.trainable_variables]
+        logs = model.fit(images, labels, batch_size=4, epochs=2, verbose=0).history
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+    assert all(np.isfinite(value) for values in logs.values() for value in values)
+    changed = [not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables)]
+    assert sum(changed) > len(changed) // 2     # a finite, unscaled update reached the weights

@@ -92,6 +92,7 @@ def make_optimizer(learning_rate: float, total_steps: int, drop_at: float = 0.8,
 
 def current_learning_rate(optimizer) -> tf.Tensor:
     """The learning rate of the optimizer's next step."""
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)   # loss-scaled (float16)
     rate = optimizer._learning_rate  # the schedule or the variable, as passed
     if isinstance(rate, tf.keras.optimizers.schedules.LearningRateSchedule):
         return tf.cast(rate(optimizer.iterations), tf.float32)
@@ -204,9 +205,21 @@ class TrainingMetrics:
         return {metric.name: metric.result() for metric in self.all}
 
 
+def _loss_scaler(model):
+    """The LossScaleOptimizer Keras `compile` wraps around the optimizer under a
+    mixed_float16 policy, or None."""
+    optimizer = model.optimizer
+    return optimizer if isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer) \
+        else None
+
+
 def _apply_gradients(model, tape, loss):
+    """Gradients of `loss` (already scaled under mixed_float16) applied by the
+    optimizer, and by the backbone optimizer to the backbone if there is one."""
     variables = model.trainable_variables
     gradients = tape.gradient(loss, variables)
+    if _loss_scaler(model) is not None:
+        gradients = _loss_scaler(model).get_unscaled_gradients(gradients)
     pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
     backbone_optimizer = getattr(model, "backbone_optimizer", None)
     if backbone_optimizer is None:
@@ -233,6 +246,8 @@ def train_step(model, data):
         if options.weight_decay:
             penalty = l2_penalty(decayed_variables(model), options.weight_decay)
             loss += tf.nn.scale_regularization_loss(penalty)
+        if _loss_scaler(model) is not None:
+            loss = _loss_scaler(model).get_scaled_loss(loss)
     _apply_gradients(model, tape, loss)
     model.baseline.assign(losses.update_baseline(model.baseline, global_mean(terms["reward"])))
     model.training_metrics.update(
