@@ -5,9 +5,12 @@ small CPU budget: 400 steps of batch 32 (about a minute on 2 shared cores).
 The ablation without per-feature regularization is reported by
 `python -m experiments.benchmark_learning`.
 """
+import pytest
+
 from experiments import benchmark_learning
 
 
+@pytest.mark.slow
 def test_policy_finds_the_informative_cell_and_attending_it_pays():
     result = benchmark_learning.run("per_feature", steps=400, batch=32, seed=0)
     before, after = result["before"], result["after"]

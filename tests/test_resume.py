@@ -15,6 +15,7 @@ def _events(lines):
     return [json.loads(line) for line in lines if line.startswith("{")]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_with_step_baseline_and_learning_rate(tmp_path):
     # 3 epochs of 8 steps, backups every 5 steps, learning rate dropped at step 19.
     command = [sys.executable, str(SCRIPT), "--model_dir", str(tmp_path), "--epochs", "3",
