@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
 from typing import Dict, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from data_prep import shards as shards_lib
 from tnet_tf.data import schema
 
 SPLITS = {"train": (0, 1400), "test": (1400, 1797)}
@@ -96,31 +98,47 @@ def canvas_example(split: str, index: int, seed: int, sources: np.ndarray, label
 
 
 def write_split(output_dir: str, split: str, count: int, shards: int, seed: int,
-                spec: CanvasSpec = CanvasSpec(), progress=None) -> Dict:
-    """Writes `count` canvases of `split` in `shards` TFRecord shards; returns the report."""
+                spec: CanvasSpec = CanvasSpec(), workers: int = 1,
+                progress: bool = False) -> Dict:
+    """Writes `count` canvases of `split` in `shards` TFRecord shards with
+    `workers` processes; returns the report. `progress` shows a bar with an ETA."""
     if count < 1 or shards < 1 or shards > count:
         raise ValueError(f"{split}: need 1 <= shards ({shards}) <= canvases ({count})")
     os.makedirs(output_dir, exist_ok=True)
     sources, labels = load_sources(spec.digit_size)
-    per_class = np.zeros(10, np.int64)
     bounds = np.linspace(0, count, shards + 1).astype(int)
-    for shard in range(shards):
-        path = os.path.join(output_dir, schema.shard_name(SHARD_PREFIX[split], shard, shards))
-        indices = range(bounds[shard], bounds[shard + 1])
-        if not os.path.exists(path):
-            _write_shard(path, split, indices, seed, sources, labels, spec)
-        chosen = [_canvas_rng(split, i, seed)[1] for i in indices]
-        per_class += np.bincount(labels[chosen], minlength=10)
-        if progress is not None:
-            progress(shard + 1, shards)
+    tasks = [(os.path.join(output_dir, schema.shard_name(SHARD_PREFIX[split], shard, shards)),
+              split, range(bounds[shard], bounds[shard + 1]), seed, spec)
+             for shard in range(shards)]
+    missing = [task for task in tasks if not os.path.exists(task[0])]
+    bar = tf.keras.utils.Progbar(count, unit_name="canvas") if progress else None
+    if bar is not None:
+        bar.update(count - sum(len(task[2]) for task in missing))
+    if workers > 1 and len(missing) > 1:
+        with multiprocessing.get_context("spawn").Pool(
+                min(workers, len(missing)), initializer=shards_lib.init_worker) as pool:
+            for written in pool.imap_unordered(_write_shard, missing):
+                if bar is not None:
+                    bar.add(written)
+    else:
+        for task in missing:
+            written = _write_shard(task, sources, labels)
+            if bar is not None:
+                bar.add(written)
+    chosen = [_canvas_rng(split, i, seed)[1] for i in range(count)]
     report = {"split": split, "images": int(count), "shards": shards, "seed": seed,
-              "images_per_class": per_class.tolist(), "spec": dataclasses.asdict(spec)}
+              "images_per_class": np.bincount(labels[chosen], minlength=10).tolist(),
+              "spec": dataclasses.asdict(spec)}
     with open(os.path.join(output_dir, f"{split}_report.json"), "w") as handle:
         json.dump(report, handle, indent=1)
     return report
 
 
-def _write_shard(path, split, indices, seed, sources, labels, spec):
+def _write_shard(task, sources=None, labels=None) -> int:
+    """Writes one shard to a temporary name, then renames it; returns its canvas count."""
+    path, split, indices, seed, spec = task
+    if sources is None:
+        sources, labels = load_sources(spec.digit_size)
     temporary = path + ".incomplete"
     with tf.io.TFRecordWriter(temporary) as writer:
         for i in indices:
@@ -130,6 +148,7 @@ def _write_shard(path, split, indices, seed, sources, labels, spec):
                 jpeg, spec.canvas_size, spec.canvas_size, label, str(label),
                 f"{split}_{i:06d}", boxes=[box], box_labels=[label]))
     os.replace(temporary, path)
+    return len(indices)
 
 
 def _canvas_rng(split: str, index: int, seed: int) -> Tuple[np.random.Generator, int]:
@@ -141,14 +160,14 @@ def _canvas_rng(split: str, index: int, seed: int) -> Tuple[np.random.Generator,
 
 def main(argv):
     del argv
-    from absl import flags, logging
+    from absl import flags
 
     values = flags.FLAGS
     for split, count, shards in (("train", values.train_size, values.train_shards),
                                  ("test", values.test_size, values.test_shards)):
+        print(f"{split}: writing {count} canvases")
         report = write_split(values.output_dir, split, count, shards, values.seed,
-                             progress=lambda done, total, s=split: logging.info(
-                                 "%s: %d/%d shards", s, done, total))
+                             workers=values.workers, progress=True)
         print(f"{split}: {report['images']} canvases in {shards} shards -> {values.output_dir}")
 
 
@@ -161,5 +180,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("train_shards", 16, "Training shards.")
     flags.DEFINE_integer("test_shards", 4, "Test shards.")
     flags.DEFINE_integer("seed", 0, "Seed of the canvases.")
+    flags.DEFINE_integer("workers", 2, "Processes writing shards.")
     flags.mark_flag_as_required("output_dir")
     app.run(main)

@@ -71,7 +71,7 @@ def convert(splits: Sequence[Split], options: Options) -> Dict[str, dict]:
     pool = None
     if options.workers > 1:
         pool = multiprocessing.get_context("spawn").Pool(options.workers,
-                                                         initializer=_init_worker)
+                                                         initializer=init_worker)
     try:
         return {split.name: _convert_split(split, options, pool) for split in splits}
     finally:
@@ -202,7 +202,8 @@ def _write_json_atomically(path: str, content) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _init_worker():
+def init_worker():
+    """Worker process setup: quiet TensorFlow, one core per worker."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 

@@ -1,38 +1,128 @@
 """The embedded demo: TNet learns where to look on cluttered handwritten digits.
 
-    python -m experiments.digits --model_dir=runs/digits                       # stage 1
-    python -m experiments.digits --model_dir=runs/digits --stage=finetune_256  # 3 levels
-    python -m experiments.digits --model_dir=runs/digits --stage=baseline_64
-    python -m experiments.digits --model_dir=runs/digits --stage=evaluate
-    python -m experiments.digits --model_dir=runs/digits --stage=visualize
+    python -m experiments.digits                        # the whole demo, about 20 min
+    python -m experiments.digits --quick                # a few minutes, runs/digits_quick
+    python -m experiments.digits --seed=1 --output_dir=runs/digits_seed1
+    python -m experiments.digits --no_per_feature_reg --output_dir=runs/digits_no_reg
+    python -m experiments.digits --full_res_baseline    # also the 256 px baseline
+    python -m experiments.digits --stage=finetune_256   # one stage of the run
 
-The data (scikit-learn's real 8x8 digit scans, one per 256 px canvas among
-clutter; `data_prep/digits.py`) is generated into `<model_dir>/data` when
-`--data_dir` holds none. The stages mirror the fMoW recipe: 2 levels on the
-canvas downscaled to 128 px (base 64, 3x3 grid, 2 locations), then 3 levels
-on the full 256 px canvas with [2, 1] locations, and baselines on the whole
-canvas at 64 and 256 px, all with the same compact backbone.
+The default `--stage=all` generates the data into `<output_dir>/data` when
+`--data_dir` holds none (scikit-learn's real 8x8 digit scans, one per 256 px
+canvas among clutter; `data_prep/digits.py`), then trains and evaluates:
+  1. train_128: TNet, 2 levels on the canvas downscaled to 128 px (base 64,
+     3x3 grid of 50 % cells, 2 locations);
+  2. finetune_256: 3 levels on the full 256 px canvas, [2, 1] locations;
+  3. baseline_64 (and baseline_256 with --full_res_baseline): the same
+     backbone on the whole canvas;
+  4. report: every budget of TNet and the baselines -> <output_dir>/results.md
+     and results.json (accuracy, GFLOPs, ms/image, share of the canvas seen at
+     full resolution, policy hit rates with their chance values), the
+     accuracy-vs-GFLOPs plot and the attention of 16 test canvases.
+A finished stage is skipped when the run is started again, and an interrupted
+one resumes from its last backup, so an interrupted run loses little.
 """
+import dataclasses
+import json
+import os
+import sys
+import time
+
 from absl import app, flags
 
 from data_prep import digits
 from experiments import recipes, runner
 
-flags.DEFINE_integer("train_size", 20000, "Training canvases to generate.")
-flags.DEFINE_integer("test_size", 2000, "Test canvases to generate.")
+flags.DEFINE_integer("train_size", None, "Training canvases to generate (default 20000; "
+                     "--quick: 4000).")
+flags.DEFINE_integer("test_size", None, "Test canvases to generate (default 2000; --quick: 1000).")
+flags.DEFINE_bool("quick", False, "A few-minute version: fewer canvases and steps "
+                  "(default output_dir runs/digits_quick).")
+flags.DEFINE_bool("full_res_baseline", False, "--stage=all: also train and report the "
+                  "baseline on the whole 256 px canvas.")
+flags.DEFINE_bool("no_per_feature_reg", False, "Train TNet by eq. (1) alone "
+                  "(lambda_c = lambda_r = 1): the ablation of per-feature regularization.")
+FLAGS = flags.FLAGS
+
+SIZES = {False: (20000, 2000), True: (4000, 1000)}     # (train, test) canvases by --quick
+TNET_STAGES = ("train_128", "finetune_256")
+BASELINES = {"baseline_64": "baseline 64 px", "baseline_256": "baseline 256 px"}
+ATTENTION_CANVASES = 16
+
+
+def sizes():
+    train, test = SIZES[FLAGS.quick]
+    return FLAGS.train_size or train, FLAGS.test_size or test
 
 
 def generate(folder: str) -> None:
-    for split, count, shards in (("train", flags.FLAGS.train_size, 16),
-                                 ("test", flags.FLAGS.test_size, 4)):
-        digits.write_split(folder, split, count, min(shards, count), seed=0)
+    for split, count, shards in zip(("train", "test"), sizes(), (16, 4)):
+        digits.write_split(folder, split, count, min(shards, count), seed=0, workers=2,
+                           progress=True)
+
+
+def check_generated_data() -> None:
+    """Stops with a one-line error if the data generated earlier in the output
+    folder has another size than the flags ask for."""
+    if FLAGS.data_dir is not None:
+        return
+    folder = os.path.join(FLAGS.model_dir, "data")
+    for split, wanted in zip(("train", "test"), sizes()):
+        report = os.path.join(folder, f"{split}_report.json")
+        if os.path.exists(report):
+            with open(report) as handle:
+                found = json.load(handle)["images"]
+            if found != wanted:
+                sys.exit(f"error: --{split}_size: {folder} holds {found} {split} canvases, not "
+                         f"{wanted}; choose another --output_dir or pass --data_dir={folder}")
+
+
+def stage_recipes():
+    """The digits recipes with --quick and --no_per_feature_reg applied."""
+    chosen = dict(recipes.DIGITS_QUICK if FLAGS.quick else recipes.DIGITS)
+    if FLAGS.no_per_feature_reg:
+        for stage in TNET_STAGES:
+            chosen[stage] = chosen[stage].replace(lambda_c=1.0, lambda_r=1.0)
+    return chosen
 
 
 ENTRY = runner.Entry(dataset="digits", recipes=recipes.DIGITS, eval_split="test",
-                     tnet_stages=("train_128", "finetune_256"), generate_data=generate)
-runner.define_flags(ENTRY, default_stage="train_128")
+                     tnet_stages=TNET_STAGES, generate_data=generate)
+runner.define_flags(ENTRY, default_stage="all", extra_stages=("all",))
+flags.DEFINE_alias("output_dir", "model_dir")
 
-main = runner.main_for(ENTRY)
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.model_dir is None:
+        FLAGS.model_dir = "runs/digits_quick" if FLAGS.quick else "runs/digits"
+    entry = dataclasses.replace(ENTRY, recipes=stage_recipes())
+    check_generated_data()
+    if FLAGS.stage != "all":
+        runner.run(entry)
+        return
+    started = time.time()
+    plan = list(entry.recipes)
+    if not FLAGS.full_res_baseline:
+        plan.remove("baseline_256")
+    for number, stage in enumerate(plan, start=1):
+        elapsed = _minutes(time.time() - started)
+        if os.path.exists(runner.final_checkpoint(stage) + "/checkpoint"):
+            print(f"[{number}/{len(plan) + 1}] {stage}: finished in an earlier run, kept")
+            continue
+        print(f"[{number}/{len(plan) + 1}] {stage} (elapsed {elapsed})", flush=True)
+        FLAGS.stage = stage
+        runner.run(entry)
+    print(f"[{len(plan) + 1}/{len(plan) + 1}] report (elapsed {_minutes(time.time() - started)})",
+          flush=True)
+    from experiments import digits_report
+    digits_report.report(entry, [s for s in plan if s in BASELINES])
+    print(f"digits demo finished in {_minutes(time.time() - started)}")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
 
 if __name__ == "__main__":

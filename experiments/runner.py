@@ -45,8 +45,10 @@ class Entry:
     generate_data: Optional[Callable[[str], None]] = None
 
 
-def define_flags(entry: Entry, default_stage: str) -> None:
-    stages = list(entry.recipes) + list(TOOL_STAGES)
+def define_flags(entry: Entry, default_stage: str, extra_stages: Sequence[str] = ()) -> None:
+    """Defines the flags of an entry point; `extra_stages` are stages the
+    entry point runs itself (e.g. the digits demo's "all")."""
+    stages = list(extra_stages) + list(entry.recipes) + list(TOOL_STAGES)
     flags.DEFINE_enum("stage", default_stage, stages, "What to run.")
     flags.DEFINE_string("data_dir", None, "Folder of the TFRecord shards (data_prep output).")
     flags.DEFINE_string("model_dir", None, "Run folder; each stage writes to its subfolder.")
@@ -75,9 +77,12 @@ def define_flags(entry: Entry, default_stage: str) -> None:
     for name, kind in (("learning_rate", float), ("backbone_learning_rate", float),
                        ("lambda_f", float), ("lambda_c", float), ("lambda_r", float),
                        ("dropout", float), ("stochastic_depth", float),
-                       ("weight_decay", float), ("input_size", int)):
+                       ("weight_decay", float), ("input_size", int),
+                       ("random_warmup_steps", int)):
         define = flags.DEFINE_float if kind is float else flags.DEFINE_integer
         define(name, None, f"Override the recipe's {name}.")
+    flags.DEFINE_enum("lr_schedule", None, ["drop", "cosine"], "Override the recipe's "
+                      "learning-rate schedule: x0.1 at 80 % of the steps or cosine decay.")
     flags.DEFINE_string("locations", None, "Override the training budget, e.g. '2' or '2,1'.")
     flags.DEFINE_string("backbone", None, "Override the backbone, e.g. efficientnet-b3.")
     flags.DEFINE_string("pretrained", None, "Backbone weights: 'imagenet' or a Keras .h5 file.")
@@ -98,7 +103,8 @@ def resolve_recipe(recipe: Recipe) -> Recipe:
     changes = {}
     for name in ("learning_rate", "backbone_learning_rate", "lambda_f", "lambda_c", "lambda_r",
                  "dropout", "stochastic_depth", "weight_decay", "input_size", "epochs",
-                 "global_batch_size", "backbone", "pretrained"):
+                 "global_batch_size", "backbone", "pretrained", "random_warmup_steps",
+                 "lr_schedule"):
         value = getattr(FLAGS, name)
         if value is not None:
             changes[name] = value

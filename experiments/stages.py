@@ -56,7 +56,8 @@ def input_config(entry, split: str, image_size: int, batch_size: int, is_trainin
     return pipeline.input_config_for(
         entry.dataset, file_pattern=runner.shard_pattern(split),
         image_size=image_size, batch_size=batch_size, training=is_training, seed=FLAGS.seed,
-        crop_to_boxes=recipe.bbox_crops, augment=recipe.augment)
+        crop_to_boxes=recipe.bbox_crops, augment=recipe.augment,
+        cache_decoded=recipe.cache_decoded and is_training)
 
 
 def count_examples(entry, split: str, recipe: Recipe) -> int:
@@ -81,15 +82,18 @@ def build_model(recipe: Recipe):
 
 def compile_model(model, recipe: Recipe, total_steps: int) -> None:
     """Compiles for training; `--smoke` runs the steps eagerly (no graph to build)."""
-    optimizer = training.make_optimizer(recipe.learning_rate, total_steps)
+    optimizer = training.make_optimizer(recipe.learning_rate, total_steps,
+                                        schedule=recipe.lr_schedule)
     backbone_optimizer = None
     if recipe.backbone_learning_rate is not None:
-        backbone_optimizer = training.make_optimizer(recipe.backbone_learning_rate, total_steps)
+        backbone_optimizer = training.make_optimizer(recipe.backbone_learning_rate, total_steps,
+                                                     schedule=recipe.lr_schedule)
     if isinstance(model, tnet_tf.TNet):
         model.compile(optimizer, lambda_f=recipe.lambda_f, lambda_c=recipe.lambda_c,
                       lambda_r=recipe.lambda_r, max_feature_level=recipe.max_feature_level,
                       locations=recipe.locations, weight_decay=recipe.weight_decay,
-                      backbone_optimizer=backbone_optimizer, run_eagerly=FLAGS.smoke)
+                      backbone_optimizer=backbone_optimizer,
+                      random_warmup_steps=recipe.random_warmup_steps, run_eagerly=FLAGS.smoke)
         return
     if recipe.weight_decay:
         model.add_loss(lambda: training.l2_penalty(training.decayed_variables(model),
@@ -168,9 +172,9 @@ def evaluate_baseline(entry, model, stage: str, recipe: Recipe) -> None:
     print(open(paths["md"]).read())
 
 
-def _restore(stage: str, tool_stage: str):
-    """The trained model of `stage` (rebuilt from its saved config, with its final
-    weights), its recipe and config, and the output folder of `tool_stage`."""
+def restore(stage: str):
+    """The trained model of `stage` (rebuilt from its saved config, with its
+    final weights), its recipe and its config."""
     with open(os.path.join(runner.stage_dir(stage), "run.json")) as handle:
         info = json.load(handle)
     recipe = Recipe(**{k: (tuple(v) if isinstance(v, list) else v)
@@ -179,9 +183,13 @@ def _restore(stage: str, tool_stage: str):
     model = (tnet_tf.TNet(config) if recipe.model == "tnet"
              else tnet_tf.Classifier(config, input_size=recipe.input_size))
     model.load_weights(os.path.join(runner.final_checkpoint(stage), "weights")).expect_partial()
+    return model, recipe, config
+
+
+def _output_folder(tool_stage: str) -> str:
     folder = runner.stage_dir(tool_stage)
     os.makedirs(folder, exist_ok=True)
-    return model, recipe, config, folder
+    return folder
 
 
 def evaluation_plan(entry, config, recipe: Recipe) -> List[Tuple[int, Tuple[int, ...]]]:
@@ -205,7 +213,8 @@ def evaluation_plan(entry, config, recipe: Recipe) -> List[Tuple[int, Tuple[int,
 
 def evaluate(entry) -> None:
     """Every budget of the evaluated checkpoint: tables, attention CSV and the plot."""
-    model, recipe, config, folder = _restore(FLAGS.checkpoint_stage, "evaluate")
+    model, recipe, config = restore(FLAGS.checkpoint_stage)
+    folder = _output_folder("evaluate")
     plan = evaluation_plan(entry, config, recipe)
     attention = (evaluation.AttentionCsv(os.path.join(folder, "attention.csv"))
                  if FLAGS.export_attention else None)
@@ -269,7 +278,8 @@ def profile(entry) -> None:
 
 def visualize(entry) -> None:
     """Draws the attention policy on `--num_images` evaluation images."""
-    model, recipe, _, folder = _restore(FLAGS.checkpoint_stage, "visualize")
+    model, recipe, _ = restore(FLAGS.checkpoint_stage)
+    folder = _output_folder("visualize")
     written, remaining = [], FLAGS.num_images
     for images, labels in _eval_dataset(entry, recipe.input_size, recipe, batch_size=8):
         outputs = model(images, locations=list(recipe.locations), training=False)

@@ -167,3 +167,37 @@ def test_training_without_augmentation_resizes_like_evaluation(tmp_path):
     assert sorted(by_label) == sorted(evaluated[1].tolist())
     for image, label in zip(*evaluated):
         np.testing.assert_allclose(by_label[int(label)], image, atol=1e-6)
+
+
+def test_evaluation_can_yield_each_record_object_box(tmp_path):
+    write_shards(tmp_path, num_shards=2, per_shard=3)
+    with_boxes = pipeline.make_dataset(config(tmp_path, training=False, with_object_box=True))
+    plain = batches(pipeline.make_dataset(config(tmp_path, training=False)))
+    for (images, labels, boxes), (plain_images, plain_labels) in zip(with_boxes, plain):
+        np.testing.assert_array_equal(images.numpy(), plain_images)
+        np.testing.assert_array_equal(labels.numpy(), plain_labels)
+        np.testing.assert_allclose(boxes.numpy(), [[0.25, 0.25, 0.75, 0.5]] * len(labels))
+    with pytest.raises(ValueError, match="with_object_box needs the whole-image"):
+        config(tmp_path, training=True, with_object_box=True)
+    with pytest.raises(ValueError, match="with_object_box needs the whole-image"):
+        config(tmp_path, training=False, eval_central_fraction=0.875, with_object_box=True)
+
+
+def test_cached_decoded_images_give_the_same_examples(tmp_path):
+    write_shards(tmp_path, num_shards=2, per_shard=3)
+    plain = batches(pipeline.make_dataset(config(tmp_path, training=False)))
+    cached = batches(pipeline.make_dataset(config(tmp_path, training=False, cache_decoded=True)))
+    for (images, labels), (cached_images, cached_labels) in zip(plain, cached):
+        np.testing.assert_array_equal(images, cached_images)
+        np.testing.assert_array_equal(labels, cached_labels)
+    # Training: every record once per epoch (6 records, batches of 3), shuffled, repeated.
+    epochs = batches(pipeline.make_dataset(config(tmp_path, cache_decoded=True, augment=False,
+                                                  batch_size=3)), 6)
+    expected = sorted(np.concatenate([y for _, y in plain]).tolist())
+    for first in (0, 2, 4):
+        labels = np.concatenate([epochs[first][1], epochs[first + 1][1]])
+        assert sorted(labels.tolist()) == expected
+    augmented = batches(pipeline.make_dataset(config(tmp_path, cache_decoded=True)), 2)
+    assert augmented[0][0].shape == (4, 32, 32, 3) and np.abs(augmented[0][0]).max() <= 1.0
+    with pytest.raises(ValueError, match="cache_decoded does not support crop_to_boxes"):
+        config(tmp_path, cache_decoded=True, crop_to_boxes=True)

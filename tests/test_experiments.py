@@ -138,5 +138,49 @@ def test_digits_generates_its_data_and_runs_every_stage(tmp_path):
     for stage in ("train_128", "finetune_256", "baseline_64", "evaluate", "visualize"):
         run("digits", f"--stage={stage}", *smoke)
     rows = _results(model_dir, "evaluate")
-    assert [r["locations"] for r in rows] == [[0], [1], [2], [3], [2, 1], [2, 2]]
+    assert [r["locations"] for r in rows] == [[0], [1], [2], [2, 1], [2, 2]]
     _check_visualize(model_dir)
+
+
+DIGITS_COLUMNS = ["model", "input_size", "locations", "accuracy", "gflops", "ms_per_image",
+                  "full_res_percent", "hit_rate_l2", "hit_rate_l2_chance", "hit_rate_l3",
+                  "hit_rate_l3_chance"]
+
+
+@pytest.mark.slow
+def test_digits_quick_demo_runs_end_to_end_and_resumes(tmp_path):
+    out = str(tmp_path / "demo")
+    tiny = ["--quick", f"--output_dir={out}", "--train_size=32", "--test_size=16",
+            "--steps_per_epoch=2", "--epochs=1"]
+    first = run("digits", *tiny)
+    assert "[1/4] train_128" in first.stdout and "[4/4] report" in first.stdout
+    assert "about 0:00:0" in first.stdout          # the time left after each epoch
+    with open(os.path.join(out, "results.json")) as handle:
+        rows = json.load(handle)
+    assert [(r["model"], r["input_size"], r["locations"]) for r in rows] == [
+        ("TNet", 128, [0]), ("TNet", 128, [1]), ("TNet", 128, [2]),
+        ("TNet", 256, [2, 1]), ("TNet", 256, [2, 2]), ("baseline 64 px", 64, None)]
+    for row in rows:
+        assert set(DIGITS_COLUMNS[:7]) <= set(row)
+        assert 0.0 <= row["accuracy"] <= 100.0 and row["gflops"] > 0 and row["ms_per_image"] > 0
+    tnet = {tuple(r["locations"]): r for r in rows if r["locations"] is not None}
+    assert tnet[(0,)]["gflops"] < tnet[(1,)]["gflops"] < tnet[(2,)]["gflops"]
+    assert tnet[(2, 1)]["gflops"] < tnet[(2, 2)]["gflops"]
+    assert "hit_rate_l2" not in tnet[(0,)] and 0.0 < tnet[(2,)]["hit_rate_l2_chance"] < 100.0
+    assert 0.0 <= tnet[(2, 1)]["hit_rate_l3"] <= 100.0
+    # Only level 3 at 256 px sees canvas pixels one to one: 2 cells of 1/16 of the canvas.
+    assert [r["full_res_percent"] for r in rows[:3]] == [0.0, 0.0, 0.0]
+    assert 6.25 <= tnet[(2, 1)]["full_res_percent"] <= 12.5
+    assert rows[-1]["full_res_percent"] == 0.0 and "hit_rate_l2" not in rows[-1]
+    with open(os.path.join(out, "results.md")) as handle:
+        table = handle.read().splitlines()
+    assert table[0] == "| " + " | ".join(DIGITS_COLUMNS) + " |" and len(table) == 2 + 6
+    for name, size in (("accuracy_vs_gflops.png", (480, 720)), ("attention.png", (1220, 1200))):
+        pixels = tf.io.decode_png(tf.io.read_file(os.path.join(out, name))).numpy()
+        assert pixels.shape[:2] == size
+    # A rerun keeps every finished stage and only reports again.
+    again = run("digits", *tiny)
+    assert again.stdout.count("finished in an earlier run, kept") == 3
+    # Data of another size in the same folder is a clear error.
+    error = error_line(run("digits", *tiny[:2], "--train_size=48", check=False))
+    assert "--train_size:" in error and "holds 32 train canvases, not 48" in error

@@ -27,6 +27,20 @@ def test_attention_figure_draws_level_coloured_boxes(tmp_path):
     assert red.sum() > 100 and yellow.sum() > 100       # level-2 and level-3 boxes
 
 
+def test_attention_grid_draws_one_panel_per_image(tmp_path):
+    model = tnet_tf.TNet(tiny_config())
+    images = -tf.ones([5, 128, 128, 3])
+    outputs = model(images, locations=[2])
+    path = plots.attention_grid(images.numpy(), outputs, [0, 1, 2, 3, 4],
+                                str(tmp_path / "grid.png"), columns=3, panel_inches=2.0, dpi=50)
+    pixels = _read_png(path)
+    assert pixels.shape == (2 * 115, 3 * 100, 3)     # 2 rows x 3 columns, 2.3 x 2 in panels
+    red = (pixels[..., 0] > 200) & (pixels[..., 1] < 100) & (pixels[..., 2] < 100)
+    thirds = [red[:, i * 100:(i + 1) * 100].sum() for i in range(3)]
+    assert min(thirds) > 20                            # boxes drawn in every column
+    assert red[115:, 200:].sum() == 0                  # the sixth panel is empty
+
+
 def test_accuracy_vs_flops_plot(tmp_path):
     rows = [{"model": "tnet", "gflops": g, "top1": a, "total_locations": k}
             for g, a, k in [(0.39, 47.8, 0), (0.77, 70.2, 1), (1.16, 71.5, 2)]]

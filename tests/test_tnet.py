@@ -133,6 +133,20 @@ def test_sampled_locations_vary_and_are_distinct(model, images):
     assert len(draws) > 1
 
 
+def test_random_cells_ignore_the_distribution_when_switched_on():
+    # A distribution that puts almost all mass on cells 0 and 1.
+    log_probs = tf.math.log(tf.tile(tf.constant([[0.49, 0.49] + [0.02 / 7] * 7]), [4000, 1]))
+    for switch in (False, tf.constant(False)):
+        chosen = tnet_tf.select_cells(log_probs, 2, "top_k", random_cells=switch).numpy()
+        assert (np.sort(chosen, axis=1) == [0, 1]).all()
+    for selection in ("top_k", "sample"):
+        chosen = tnet_tf.select_cells(log_probs, 2, selection,
+                                      random_cells=tf.constant(True)).numpy()
+        assert all(a != b for a, b in chosen)
+        counts = np.bincount(chosen.ravel(), minlength=9) / chosen.size
+        np.testing.assert_allclose(counts, np.full(9, 1 / 9), atol=0.02)
+
+
 def test_bad_inputs_get_clear_errors(model, images):
     with pytest.raises(ValueError, match="cannot reach 3 levels"):
         model(images[:, :64, :64], locations=[2, 1])

@@ -42,6 +42,33 @@ def test_learning_rate_drops_once_at_80_percent_of_the_steps():
     assert restored.drop_step == 80
 
 
+def test_cosine_schedule_and_bad_schedule_name():
+    optimizer = training.make_optimizer(1e-3, 100, schedule="cosine")
+    schedule = optimizer._learning_rate      # the schedule as passed (Keras has no public getter)
+    rates = [float(schedule(step)) for step in (0, 50, 100)]
+    np.testing.assert_allclose(rates, [1e-3, 0.5e-3, 0.0], atol=1e-9)
+    assert float(schedule(25)) == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi / 4)))
+    with pytest.raises(ValueError, match="schedule must be one of drop, cosine; got 'linear'"):
+        training.make_optimizer(1e-3, 100, schedule="linear")
+
+
+def test_random_warmup_attends_random_cells_for_the_first_steps():
+    model = _model()
+    model.compile(training.make_optimizer(1e-3, 10), random_warmup_steps=2, run_eagerly=True)
+    seen = []
+    original = model.call
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("random_cells"))
+        return original(*args, **kwargs)
+
+    model.call = spy
+    model.fit(tf.data.Dataset.from_tensor_slices(_data()).batch(4), epochs=2, verbose=0)
+    assert [bool(flag) for flag in seen] == [True, True, False, False]
+    with pytest.raises(ValueError, match="random_warmup_steps must be >= 0"):
+        training.TrainingOptions(random_warmup_steps=-1)
+
+
 def test_baseline_after_k_steps_is_the_closed_form_of_eq7():
     # One step per epoch, so every epoch's logs hold that step's mean reward.
     model = _model()
@@ -183,3 +210,13 @@ def test_mixed_float16_training_scales_the_loss():
     assert all(np.isfinite(value) for values in logs.values() for value in values)
     changed = [not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables)]
     assert sum(changed) > len(changed) // 2     # a finite, unscaled update reached the weights
+
+
+def test_time_left_is_printed_after_every_epoch(capsys):
+    model = tf.keras.Sequential([tf.keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    data = tf.data.Dataset.from_tensors((tf.ones([2, 3]), tf.ones([2, 1]))).repeat(2)
+    model.fit(data, epochs=3, verbose=0, callbacks=[checkpoints.TimeLeft()])
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("epoch ")]
+    assert [l.split(":")[0] for l in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert all("spent, about" in l for l in lines) and lines[-1].endswith("0:00:00 left")

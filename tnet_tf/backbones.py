@@ -31,6 +31,7 @@ BAGNET77_FEATURES = 512
 
 COMPACT_STAGES = 4
 COMPACT_LOCATION_LAYER = "stage3_out"   # stride 8
+COMPACT_NORM_GROUPS = 4
 
 _EFFICIENTNETS = {
     "efficientnet-b0": tf.keras.applications.EfficientNetB0,
@@ -108,10 +109,10 @@ def bagnet77(input_size: Optional[int] = 77, spatial_dropout: float = 0.0,
 def compact_cnn(input_size: Optional[int] = 32, width: int = 16, dropout: float = 0.0,
                 location_layer: str = COMPACT_LOCATION_LAYER) -> tf.keras.Model:
     """A small CNN for CPU demos and tests: 4 stages of (3x3 stride-2 conv,
-    3x3 conv), layer normalisation of each feature map (GroupNormalization
-    with one group) and SiLU, `width * 2**stage` channels,
-    then GAP. Its feature vector has `8 * width` channels; the location
-    module reads the output of stage 3 (stride 8).
+    3x3 conv), group normalisation (4 groups of channels, statistics per
+    image) and SiLU, `width * 2**stage` channels, then GAP. Its feature
+    vector has `8 * width` channels; the location module reads the output
+    of stage 3 (stride 8).
 
     Per-image normalisation, not batch norm: TNet runs the backbone once per
     level, and batch norm's moving averages mix the statistics of whole
@@ -119,14 +120,20 @@ def compact_cnn(input_size: Optional[int] = 32, width: int = 16, dropout: float 
     inference each level is then normalised with the wrong statistics (on
     the learning benchmark: 100 % accuracy with batch statistics, 47 % with
     the moving averages). Per-image normalisation has no batch statistics,
-    so training and inference agree and replicas need no synchronisation."""
+    so training and inference agree and replicas need no synchronisation.
+    Four groups rather than one (layer norm): on 8 px digits in 64 px
+    glimpses one group stayed at chance for 300 steps where four groups
+    reached 55 % (width 8, Adam 1e-3, batch 64)."""
+    if width < 1 or width % COMPACT_NORM_GROUPS:
+        raise ValueError(f"compact backbone width must be a positive multiple of "
+                         f"{COMPACT_NORM_GROUPS} (its normalisation groups); got {width}")
     inputs = layers.Input([input_size, input_size, 3], name="image")
     x = inputs
     for stage in range(1, COMPACT_STAGES + 1):
         for index, stride in enumerate((2, 1), start=1):
             x = layers.Conv2D(width * 2 ** (stage - 1), 3, strides=stride, padding="same",
                               use_bias=False, name=f"stage{stage}_conv{index}")(x)
-            x = layers.GroupNormalization(1, name=f"stage{stage}_gn{index}")(x)
+            x = layers.GroupNormalization(COMPACT_NORM_GROUPS, name=f"stage{stage}_gn{index}")(x)
             x = layers.Activation("swish", name=f"stage{stage}_act{index}" if index == 1
                                   else f"stage{stage}_out")(x)
     x = layers.SpatialDropout2D(dropout, name="top_dropout")(x)

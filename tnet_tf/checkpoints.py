@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from typing import Dict, List, Sequence
 
 import tensorflow as tf
@@ -55,12 +56,13 @@ class StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
 
 def training_callbacks(model_dir: str, save_every: int = 500, tensorboard: bool = True,
                        tensorboard_every: int = 100) -> List[tf.keras.callbacks.Callback]:
-    """NaN stop, resumable backups every `save_every` steps, TensorBoard logs.
+    """NaN stop, resumable backups every `save_every` steps, TensorBoard logs
+    and the time left of the whole fit after every epoch.
 
     Backups go to `<model_dir>/backup`, TensorBoard logs (every metric and
     loss term, `tensorboard_every` steps and per epoch) to `<model_dir>/logs`.
     """
-    callbacks = [StopOnNonFiniteLoss(),
+    callbacks = [StopOnNonFiniteLoss(), TimeLeft(),
                  tf.keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup"),
                                                      save_freq=save_every,
                                                      delete_checkpoint=False)]
@@ -68,6 +70,42 @@ def training_callbacks(model_dir: str, save_every: int = 500, tensorboard: bool 
         callbacks.append(tf.keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"),
                                                         update_freq=tensorboard_every))
     return callbacks
+
+
+class TimeLeft(tf.keras.callbacks.Callback):
+    """Prints, after every epoch, the time spent and the time left of the whole
+    `fit` (the progress bar's ETA covers one epoch only). The line is printed
+    when the next epoch starts (or training ends), below the finished bar."""
+
+    def on_train_begin(self, logs=None):
+        self._start, self._first_epoch, self._finished = time.time(), None, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._report()
+        if self._first_epoch is None:
+            self._first_epoch = epoch     # after a resume, epochs before it were not timed
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._finished = epoch
+
+    def on_train_end(self, logs=None):
+        self._report()
+
+    def _report(self):
+        if self._finished is None:
+            return
+        total = self.params.get("epochs") or 0
+        spent = time.time() - self._start
+        done = self._finished + 1 - self._first_epoch
+        left = spent / max(done, 1) * (total - self._finished - 1)
+        print(f"epoch {self._finished + 1}/{total}: {_clock(spent)} spent, about {_clock(left)} "
+              "left", flush=True)
+        self._finished = None
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def find_checkpoint(path: str) -> str:

@@ -1,5 +1,6 @@
 """Evaluation of a TNet over location budgets: accuracy, accuracy from the
-attended locations only, coverage per level, and the attended boxes.
+attended locations only, coverage per level, policy hit rates against
+object boxes, and the attended boxes.
 
 `evaluate_budgets` runs a dataset of (images, labels) batches once per
 budget and returns one row per budget; `write_table` saves rows as
@@ -14,6 +15,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
+
+from tnet_tf import geometry
 
 COVERAGE_RESOLUTION = 256   # coverage is measured on this raster (exact for 1/256 multiples)
 
@@ -43,6 +46,36 @@ def coverage(boxes, resolution: int = COVERAGE_RESOLUTION):
     return tf.reduce_mean(tf.cast(tf.reduce_any(inside, axis=1), tf.float32), axis=[1, 2])
 
 
+def contains(boxes, object_boxes, tolerance: float = 1e-6):
+    """Whether each box holds the whole object box: boxes [B, ..., 4] and
+    object_boxes [B, 4] (both edge-normalised y1, x1, y2, x2) -> bool [B, ...]."""
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    inner = tf.reshape(tf.cast(object_boxes, tf.float32),
+                       [-1] + [1] * (boxes.shape.rank - 2) + [4])
+    starts = tf.reduce_all(boxes[..., :2] <= inner[..., :2] + tolerance, axis=-1)
+    ends = tf.reduce_all(boxes[..., 2:] >= inner[..., 2:] - tolerance, axis=-1)
+    return starts & ends
+
+
+def hit_rates(outputs, object_boxes, cell_boxes):
+    """Per level l >= 2 that attended cells: the fraction of each image's
+    attended boxes holding the whole object box, and its chance value (the
+    expected fraction if every glimpse of level l - 1 chose its cells
+    uniformly at random). Returns {level: (hits [B], chance [B])}.
+
+    cell_boxes: [n * n, 4], the grid cells of a glimpse (`TNet.cell_boxes`).
+    """
+    rates = {}
+    for level in range(2, len(outputs["boxes"]) + 1):
+        attended = outputs["boxes"][level - 1]                          # [B, P, 4]
+        parents = outputs["boxes"][level - 2]                           # [B, Q, 4]
+        every_cell = geometry.compose_boxes(parents[:, :, None, :], cell_boxes)  # [B, Q, K, 4]
+        hits = tf.cast(contains(attended, object_boxes), tf.float32)
+        chance = tf.cast(contains(every_cell, object_boxes), tf.float32)
+        rates[level] = (tf.reduce_mean(hits, axis=1), tf.reduce_mean(chance, axis=[1, 2]))
+    return rates
+
+
 class _Accumulator:
     def __init__(self):
         self.sums: Dict[str, float] = {}
@@ -65,9 +98,14 @@ def evaluate_budgets(model, dataset: Iterable, budgets: Sequence[Sequence[int]],
                      progress: Optional[Callable[[str], None]] = None) -> List[dict]:
     """Evaluates `model` on `dataset` at every location budget.
 
+    `dataset` yields (images, labels) or (images, labels, object_boxes)
+    batches (`InputConfig.with_object_box`).
     Returns one dict per budget: locations, total_locations, images, top1,
     top5 (in %), attended_only_top1 / attended_only_top5 (None without
-    attended locations) and coverage_level<l> (% of the image seen at level l).
+    attended locations), coverage_level<l> (% of the image seen at level l)
+    and, with object boxes, hit_rate_l<l> / hit_rate_l<l>_chance (% of the
+    attended level-l boxes holding the whole object box, and the value for
+    uniformly random cells; see `hit_rates`).
     `attention_writer(budget, batch_start, labels, outputs)` receives every
     batch's outputs (e.g. an `AttentionCsv`).
     """
@@ -77,7 +115,8 @@ def evaluate_budgets(model, dataset: Iterable, budgets: Sequence[Sequence[int]],
     for budget in budgets:
         budget = tuple(int(k) for k in budget)
         totals = _Accumulator()
-        for images, labels in dataset:
+        for batch in dataset:
+            images, labels = batch[:2]
             outputs = predict(images, budget)
             totals.add("top1", _top_k_correct(outputs["logits"], labels, 1))
             totals.add("top5", _top_k_correct(outputs["logits"], labels, 5))
@@ -87,6 +126,11 @@ def evaluate_budgets(model, dataset: Iterable, budgets: Sequence[Sequence[int]],
                 totals.add("attended_only_top5", _top_k_correct(only, labels, 5))
             for level, boxes in enumerate(outputs["boxes"], start=1):
                 totals.add(f"coverage_level{level}", coverage(boxes))
+            if len(batch) > 2:
+                for level, (hits, chance) in hit_rates(outputs, batch[2],
+                                                       model.cell_boxes).items():
+                    totals.add(f"hit_rate_l{level}", hits)
+                    totals.add(f"hit_rate_l{level}_chance", chance)
             if attention_writer is not None:
                 attention_writer(budget, totals.count, labels, outputs)
             totals.count += int(labels.shape[0])
@@ -95,7 +139,7 @@ def evaluate_budgets(model, dataset: Iterable, budgets: Sequence[Sequence[int]],
         for name in ("top1", "top5", "attended_only_top1", "attended_only_top5"):
             row[name] = 100.0 * totals.mean(name) if name in totals.sums else None
         row.update({name: 100.0 * totals.mean(name) for name in sorted(totals.sums)
-                    if name.startswith("coverage")})
+                    if name.startswith(("coverage", "hit_rate"))})
         rows.append(row)
         if progress is not None:
             progress(f"locations {list(budget)}: top-1 {row['top1']:.2f} %, "
@@ -144,17 +188,22 @@ class AttentionCsv:
         self._handle.close()
 
 
-def write_table(rows: Sequence[dict], path_prefix: str) -> Dict[str, str]:
-    """Writes rows as `<prefix>.md`, `<prefix>.csv` and `<prefix>.json`."""
+def write_table(rows: Sequence[dict], path_prefix: str,
+                kinds: Sequence[str] = ("md", "csv", "json")) -> Dict[str, str]:
+    """Writes rows as `<prefix>.md`, `<prefix>.csv` and `<prefix>.json` (those in `kinds`)."""
     os.makedirs(os.path.dirname(os.path.abspath(path_prefix)), exist_ok=True)
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    paths = {kind: f"{path_prefix}.{kind}" for kind in ("md", "csv", "json")}
-    with open(paths["json"], "w") as handle:
-        json.dump(list(rows), handle, indent=1)
-    with open(paths["csv"], "w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns)
-        writer.writeheader()
-        writer.writerows([{k: _text(row.get(k)) for k in columns} for row in rows])
+    paths = {kind: f"{path_prefix}.{kind}" for kind in kinds}
+    if "json" in paths:
+        with open(paths["json"], "w") as handle:
+            json.dump(list(rows), handle, indent=1)
+    if "csv" in paths:
+        with open(paths["csv"], "w", newline="") as handle:
+            writer = csv.DictWriter(handle, columns)
+            writer.writeheader()
+            writer.writerows([{k: _text(row.get(k)) for k in columns} for row in rows])
+    if "md" not in paths:
+        return paths
     with open(paths["md"], "w") as handle:
         handle.write("| " + " | ".join(columns) + " |\n")
         handle.write("|" + "---|" * len(columns) + "\n")

@@ -25,16 +25,48 @@ def attention_figure(image: np.ndarray, outputs: Dict, index: int, path: str,
     learns weights); the title gives the true and predicted labels.
     """
     height, width = image.shape[:2]
+    scale = max(1.0, MIN_FIGURE_PIXELS / max(height, width))
+    figure, axis = plt.subplots(figsize=(width * scale / dpi, height * scale / dpi + 0.4),
+                                dpi=dpi)
+    draw_attention(axis, image, outputs, index, label, class_names)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def attention_grid(images: np.ndarray, outputs: Dict, labels: Optional[Sequence[int]],
+                   path: str, columns: int = 4, class_names: Optional[Sequence[str]] = None,
+                   panel_inches: float = 3.0, dpi: int = 100) -> str:
+    """`attention_figure` for every image of a batch, as one grid figure."""
+    count = len(images)
+    rows = -(-count // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * panel_inches,
+                                                        rows * (panel_inches + 0.3)),
+                                dpi=dpi, squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        if index < count:
+            draw_attention(axis, images[index], outputs, index,
+                           None if labels is None else int(labels[index]), class_names)
+        else:
+            axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def draw_attention(axis, image: np.ndarray, outputs: Dict, index: int,
+                   label: Optional[int] = None,
+                   class_names: Optional[Sequence[str]] = None) -> None:
+    """Draws image `index` of a batch of TNet outputs and its attended boxes on `axis`."""
+    height, width = image.shape[:2]
     levels = np.asarray(outputs["feature_levels"])
     boxes = np.concatenate([np.asarray(b)[index] for b in outputs["boxes"]], axis=0)
     probabilities = np.exp(np.asarray(outputs["location_log_probs"])[index])
     weights = np.asarray(outputs["feature_weights"])[index]
     learned_weights = not np.allclose(weights, weights[0])
     prediction = int(np.argmax(np.asarray(outputs["logits"])[index]))
-
-    scale = max(1.0, MIN_FIGURE_PIXELS / max(height, width))
-    figure, axis = plt.subplots(figsize=(width * scale / dpi, height * scale / dpi + 0.4),
-                                dpi=dpi)
     axis.imshow(np.clip((image + 1.0) / 2.0, 0.0, 1.0))
     for feature in range(1, len(levels)):
         y1, x1, y2, x2 = boxes[feature] * [height, width, height, width]
@@ -54,10 +86,6 @@ def attention_figure(image: np.ndarray, outputs: Dict, index: int, path: str,
         title += f"   level-1 weight {weights[0]:.2f}"
     axis.set_title(title, fontsize=8)
     axis.axis("off")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
 
 
 def accuracy_vs_flops(result_files: Sequence[str], path: str, metric: str = "top1") -> str:

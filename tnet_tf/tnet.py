@@ -24,20 +24,29 @@ from tnet_tf.modules import ClassificationModule, FeatureWeighting, LocationModu
 SELECTIONS = ("top_k", "sample")
 
 
-def select_cells(log_probs, count: int, selection: str = "top_k", seed: Optional[int] = None):
+def select_cells(log_probs, count: int, selection: str = "top_k", seed: Optional[int] = None,
+                 random_cells=None):
     """Indices [N, count] of the cells to attend, given log-probabilities [N, K].
 
     "top_k": the `count` most probable cells (the paper's approximation of
     sampling without replacement, Appendix A.2). "sample": sampling without
     replacement by the Gumbel-top-k trick (the top `count` of log p + Gumbel
     noise are an exact sample without replacement, in sampling order).
+    random_cells: optional boolean scalar (Python or tensor); where true, the
+    cells are drawn uniformly at random without replacement whatever the
+    distribution (the exploration warm-up of `TNet.compile`).
     """
-    if selection == "sample":
-        uniform = tf.random.uniform(tf.shape(log_probs), minval=1e-12, maxval=1.0, seed=seed)
-        log_probs = log_probs - tf.math.log(-tf.math.log(uniform))
-    elif selection != "top_k":
+    if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}; got {selection!r}")
-    return tf.math.top_k(log_probs, k=count, sorted=True).indices
+    scores = log_probs
+    if selection == "sample" or random_cells is not None:
+        uniform = tf.random.uniform(tf.shape(log_probs), minval=1e-12, maxval=1.0, seed=seed)
+        gumbel = -tf.math.log(-tf.math.log(uniform))
+        if selection == "sample":
+            scores = log_probs + gumbel
+        if random_cells is not None:
+            scores = tf.where(tf.cast(random_cells, tf.bool), gumbel, scores)
+    return tf.math.top_k(scores, k=count, sorted=True).indices
 
 
 def reachable_levels(image_size: int, base_resolution: int, cell_fraction: float) -> int:
@@ -57,7 +66,7 @@ class TNet(tf.keras.Model):
     """TNet (Papadopoulos et al., 2021) as a Keras model.
 
     `model(images, locations=None, training=False, selection="top_k",
-           chosen_locations=None)`
+           chosen_locations=None, random_cells=None)`
 
     Args:
       images: [B, H, W, 3] float images in [-1, 1] at full resolution.
@@ -70,6 +79,9 @@ class TNet(tf.keras.Model):
         `locations` of an earlier call); their log-probabilities are still
         taken from the model's own distributions. Used to evaluate the
         learning rule with the locations fixed.
+      random_cells: optional boolean scalar; if true, cells are drawn
+        uniformly at random (without replacement) instead of by `selection`;
+        their log-probabilities still come from the model's distributions.
 
     Returns a dict (F = number of extracted features, level 1 first, then
     level 2, then level 3 grouped by parent; A = F - 1 attended locations):
@@ -167,7 +179,7 @@ class TNet(tf.keras.Model):
         return self.backbone(glimpses, training=training)
 
     def call(self, images, locations=None, training=None, selection="top_k",
-             chosen_locations=None):
+             chosen_locations=None, random_cells=None):
         locations = self.resolve_locations(locations)
         images = tf.convert_to_tensor(images)
         self._check_images(images, locations)
@@ -204,7 +216,8 @@ class TNet(tf.keras.Model):
             if k == 0:
                 break
             if chosen_locations is None:
-                index = select_cells(log_probs, k, selection)                  # [B*P, k]
+                index = select_cells(log_probs, k, selection,                  # [B*P, k]
+                                     random_cells=random_cells)
             else:
                 start = sum(c.shape[1] for c in chosen)
                 index = tf.reshape(chosen_locations[:, start:start + count * k], [-1, k])
@@ -247,7 +260,8 @@ class TNet(tf.keras.Model):
                 monte_carlo_samples: int = 1, selection: str = "top_k",
                 locations: Optional[Sequence[int]] = None,
                 evaluation_locations: Optional[Sequence[int]] = None,
-                weight_decay: float = 0.0, backbone_optimizer=None, **kwargs):
+                weight_decay: float = 0.0, backbone_optimizer=None,
+                random_warmup_steps: int = 0, **kwargs):
         """Sets the learning rule of `fit` (see `losses` and `training`).
 
         lambda_f, lambda_c, lambda_r: eq. (2); lambda_c = lambda_r = 1 is
@@ -257,6 +271,8 @@ class TNet(tf.keras.Model):
         `fit` / `evaluate` (None: the config's). weight_decay: L2 factor
         (batch norm excluded). backbone_optimizer: an optional second
         optimizer (e.g. a lower learning rate) for the backbone variables.
+        random_warmup_steps: the first optimizer steps attend uniformly
+        random cells (see `training.TrainingOptions`).
         Creates the baseline b (0.5) on first compile; recompiling keeps it.
         """
         super().compile(optimizer=optimizer, **kwargs)
@@ -265,7 +281,7 @@ class TNet(tf.keras.Model):
             weights, monte_carlo_samples, selection,
             self.resolve_locations(locations),
             None if evaluation_locations is None else self.resolve_locations(evaluation_locations),
-            weight_decay)
+            weight_decay, random_warmup_steps)
         self.backbone_optimizer = (tf.keras.optimizers.get(backbone_optimizer)
                                    if backbone_optimizer is not None else None)
         self.training_metrics = training.TrainingMetrics(

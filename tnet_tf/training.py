@@ -43,6 +43,12 @@ class TrainingOptions:
       weight_decay: L2 factor; adds `weight_decay * sum(w ** 2)` (the Keras
         `L2` regulariser convention) over every trainable variable except
         the scales and offsets of normalisation layers.
+      random_warmup_steps: for this many first optimizer steps the training
+        locations are drawn uniformly at random instead of by `selection`;
+        the learning rule is unchanged (the REINFORCE terms use the chosen
+        cells' log-probabilities). It keeps a policy that is still random
+        from locking onto cells that never show the object: the classifier
+        first learns from objects found by chance, then the policy follows.
     """
 
     loss_weights: losses.LossWeights = dataclasses.field(default_factory=losses.LossWeights)
@@ -51,6 +57,7 @@ class TrainingOptions:
     locations: Optional[Tuple[int, ...]] = None
     evaluation_locations: Optional[Tuple[int, ...]] = None
     weight_decay: float = 0.0
+    random_warmup_steps: int = 0
 
     def __post_init__(self):
         if self.monte_carlo_samples < 1:
@@ -60,6 +67,8 @@ class TrainingOptions:
                              f"got {self.selection!r}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.random_warmup_steps < 0:
+            raise ValueError(f"random_warmup_steps must be >= 0, got {self.random_warmup_steps}")
 
 
 class DropOnceSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
@@ -82,12 +91,22 @@ class DropOnceSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
                 "drop_at": self.drop_at, "factor": self.factor}
 
 
+SCHEDULES = ("drop", "cosine")
+
+
 def make_optimizer(learning_rate: float, total_steps: int, drop_at: float = 0.8,
-                   factor: float = 0.1) -> tf.keras.optimizers.Optimizer:
-    """Adam (beta1 0.9, beta2 0.999, eps 1e-8) with the learning rate dropped
-    once by `factor` at `drop_at` of the training steps."""
-    return tf.keras.optimizers.Adam(DropOnceSchedule(learning_rate, total_steps, drop_at, factor),
-                                    beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+                   factor: float = 0.1, schedule: str = "drop") -> tf.keras.optimizers.Optimizer:
+    """Adam (beta1 0.9, beta2 0.999, eps 1e-8) with the learning rate either
+    dropped once by `factor` at `drop_at` of the training steps ("drop", the
+    paper's recipes) or decayed to 0 along a cosine over `total_steps`
+    ("cosine")."""
+    if schedule == "cosine":
+        rate = tf.keras.optimizers.schedules.CosineDecay(learning_rate, total_steps)
+    elif schedule == "drop":
+        rate = DropOnceSchedule(learning_rate, total_steps, drop_at, factor)
+    else:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}")
+    return tf.keras.optimizers.Adam(rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
 
 
 def current_learning_rate(optimizer) -> tf.Tensor:
@@ -238,9 +257,12 @@ def train_step(model, data):
                                     options.monte_carlo_samples)
     learning_rate = current_learning_rate(model.optimizer)
     penalty = None
+    random_cells = None
+    if options.random_warmup_steps:
+        random_cells = model.optimizer.iterations < options.random_warmup_steps
     with tf.GradientTape() as tape:
         outputs = model(images, locations=options.locations, training=True,
-                        selection=options.selection)
+                        selection=options.selection, random_cells=random_cells)
         terms = losses.tnet_loss(outputs, labels, model.baseline, options.loss_weights)
         loss = tf.nn.compute_average_loss(terms["total"])
         if options.weight_decay:

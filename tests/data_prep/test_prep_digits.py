@@ -81,6 +81,14 @@ def test_write_split_round_trip_and_rerun(tmp_path, sources):
     assert [open(f, "rb").read() for f in files] == before
 
 
+def test_worker_processes_write_the_same_shards(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    digits.write_split(str(one), "train", 12, 3, seed=2)
+    digits.write_split(str(two), "train", 12, 3, seed=2, workers=2, progress=True)
+    for name in sorted(os.listdir(one)):
+        assert open(one / name, "rb").read() == open(two / name, "rb").read()
+
+
 def test_bad_shard_count_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="shards"):
         digits.write_split(str(tmp_path), "train", 2, 5, seed=0)

@@ -63,6 +63,13 @@ class InputConfig:
       cycle_length: shards read at once.
       strict: stop at the first bad record or shard instead of skipping it.
       label_offset: subtracted from stored labels (1 for 1-based records).
+      cache_decoded: decode every image once and keep the decoded images in
+        memory (uint8, about height x width x 3 bytes each; for datasets
+        that fit in RAM, e.g. the digits demo); training then shuffles the
+        cached images with `shuffle_buffer` and repeats them.
+      with_object_box: evaluation only: yield (image, label, box), `box` [4]
+        the record's first object box (edge-normalised y1, x1, y2, x2; the
+        whole image if it has none), e.g. to score where TNet looked.
     """
 
     file_pattern: str
@@ -81,6 +88,8 @@ class InputConfig:
     cycle_length: int = 16
     strict: bool = False
     label_offset: int = 0
+    cache_decoded: bool = False
+    with_object_box: bool = False
 
     def __post_init__(self):
         if self.image_size < 1 or self.batch_size < 1:
@@ -89,6 +98,12 @@ class InputConfig:
         fraction = self.eval_central_fraction
         if fraction is not None and not 0.0 < fraction <= 1.0:
             raise ValueError(f"eval_central_fraction must be in (0, 1], got {fraction}")
+        if self.cache_decoded and self.crop_to_boxes:
+            raise ValueError("cache_decoded does not support crop_to_boxes")
+        if self.with_object_box and (self.training or self.crop_to_boxes or
+                                     fraction not in (None, 1.0)):
+            raise ValueError("with_object_box needs the whole-image evaluation resize: "
+                             "training, crop_to_boxes and eval_central_fraction move the box")
 
     @property
     def ordered(self) -> bool:
@@ -155,9 +170,12 @@ def make_dataset(config: InputConfig,
         files = files[pipeline_id::pipelines]
     sizes = [tf.io.gfile.stat(path).length for path in files]
     file_ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
-    if config.training:
+    shuffle, repeat = config.training, _repeat(config)
+    if config.cache_decoded:      # one ordered pass, cached; shuffled and repeated below
+        shuffle = repeat = False
+    if shuffle:
         file_ds = file_ds.shuffle(len(files), seed=config.seed, reshuffle_each_iteration=True)
-    if _repeat(config):
+    if repeat:
         file_ds = file_ds.repeat()
     records = file_ds.interleave(
         lambda path, size: read_shard(path, size, config.strict, skipped),
@@ -165,12 +183,21 @@ def make_dataset(config: InputConfig,
         num_parallel_calls=AUTOTUNE, deterministic=config.ordered)
     if pipelines > 1 and not shard_files:
         records = records.shard(pipelines, pipeline_id)
-    if config.training:
+    if shuffle:
         records = records.shuffle(config.shuffle_buffer, seed=config.seed)
     examples = records.map(lambda record, path, index: _parse_checked(
         record, path, index, config, skipped), num_parallel_calls=AUTOTUNE,
         deterministic=config.ordered)
     examples = examples.filter(lambda example: example["valid"])
+    if config.cache_decoded:
+        examples = examples.map(_decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+        if not config.strict:
+            examples = examples.ignore_errors(log_warning=True)
+        examples = examples.cache()
+        if config.training:
+            examples = examples.shuffle(config.shuffle_buffer, seed=config.seed)
+        if _repeat(config):
+            examples = examples.repeat()
     batch_size = config.batch_size
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(config.batch_size)
@@ -275,8 +302,24 @@ def _one_example_per_box(example):
     })
 
 
+def _decode(example):
+    """The example with its JPEG bytes replaced by the decoded uint8 image."""
+    decoded = {key: value for key, value in example.items() if key != "encoded"}
+    decoded["image"] = tf.io.decode_jpeg(example["encoded"], channels=3)
+    return decoded
+
+
 def _preprocess(example, seed, config: InputConfig):
-    encoded, size = example["encoded"], config.image_size
+    size = config.image_size
+    if "image" in example:     # decoded already (cache_decoded)
+        image = example["image"]
+        if config.training and config.augment:
+            crop_boxes = example["boxes"] if config.crop_around_boxes else None
+            image = augment.train_image(image, size, seed, crop_boxes)
+        else:
+            image = augment.eval_image(image, size, config.eval_central_fraction)
+        return _outputs(image, example, config)
+    encoded = example["encoded"]
     if config.crop_to_boxes:
         # `boxes` holds the one context window of this example.
         shape = tf.image.extract_jpeg_shape(encoded)
@@ -292,7 +335,16 @@ def _preprocess(example, seed, config: InputConfig):
     else:
         image = augment.eval_image(tf.io.decode_jpeg(encoded, channels=3), size,
                                    config.eval_central_fraction)
-    return tf.ensure_shape(image, [size, size, 3]), example["label"]
+    return _outputs(image, example, config)
+
+
+def _outputs(image, example, config: InputConfig):
+    size = config.image_size
+    image = tf.ensure_shape(image, [size, size, 3])
+    if config.with_object_box:
+        boxes = tf.concat([example["boxes"], tf.constant([[0.0, 0.0, 1.0, 1.0]])], axis=0)
+        return image, example["label"], boxes[0]
+    return image, example["label"]
 
 
 def _repeat(config: InputConfig) -> bool:

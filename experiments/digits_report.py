@@ -1,0 +1,133 @@
+"""The report of the digits demo (`python -m experiments.digits`): TNet at
+every budget and the baselines on the test canvases, as a table, a plot and
+an attention figure in the output folder.
+
+Columns of `results.json` / `results.md` (one row per model and budget):
+  model, input_size, locations: what was run (locations None: a baseline);
+  accuracy: top-1 test accuracy (%);
+  gflops: multiplications per image by eq. (11), in billions;
+  ms_per_image: inference time on this machine (batch 16, mean of 5 batches);
+  full_res_percent: % of the canvas processed at its full (256 px) resolution;
+  hit_rate_l<l>: % of attended level-l boxes that hold the whole digit box;
+  hit_rate_l<l>_chance: the same for cells chosen uniformly at random;
+  plus top5, attended_only_top1, coverage_level<l> and params.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+
+import tnet_tf
+from experiments import runner, stages
+from tnet_tf import evaluation, plots, profiling
+from tnet_tf.data import pipeline
+
+FLAGS = runner.FLAGS
+ATTENTION_CANVASES = 16
+TIMING = {"batch_size": 16, "num_batches": 5, "warmup_batches": 2}
+COLUMNS = ("model", "input_size", "locations", "accuracy", "gflops", "ms_per_image",
+           "full_res_percent", "hit_rate_l2", "hit_rate_l2_chance", "hit_rate_l3",
+           "hit_rate_l3_chance")
+
+
+def canvas_size() -> int:
+    with open(os.path.join(FLAGS.data_dir, f"{FLAGS.eval_split}_report.json")) as handle:
+        return int(json.load(handle)["spec"]["canvas_size"])
+
+
+def test_dataset(entry, size: int, batch_size: int = 100, with_boxes: bool = True):
+    config = pipeline.input_config_for(
+        entry.dataset, file_pattern=runner.shard_pattern(FLAGS.eval_split), image_size=size,
+        batch_size=batch_size, training=False, with_object_box=with_boxes)
+    dataset = pipeline.make_dataset(config)
+    return dataset.take(FLAGS.eval_steps) if FLAGS.eval_steps else dataset
+
+
+def full_res_percent(row: dict, size: int, config, canvas: int) -> float:
+    """% of the canvas seen at its full resolution by TNet at input `size`
+    (`row` from `evaluate_budgets`): the coverage of the first level whose
+    glimpses sample at least one canvas pixel per glimpse pixel (deeper
+    glimpses lie inside it)."""
+    for level in range(2, 2 + len(row["locations"])):
+        side = canvas * config.cell_fraction ** (level - 1)     # canvas pixels of a glimpse
+        if size >= canvas and side <= config.base_resolution + 1e-6:
+            return row.get(f"coverage_level{level}", 0.0)
+    return 0.0
+
+
+def tnet_rows(entry, canvas: int):
+    stage = entry.tnet_stages[-1]
+    model, recipe, config = stages.restore(stage)
+    rows = []
+    for size, budgets in _by_size(stages.evaluation_plan(entry, config, recipe)):
+        results = evaluation.evaluate_budgets(model, test_dataset(entry, size), budgets,
+                                              progress=print)
+        for result in results:
+            kwargs = {"locations": result["locations"]}
+            shape = (size, size, 3)
+            row = {"model": "TNet", "input_size": size, "locations": result["locations"],
+                   "accuracy": result["top1"],
+                   "gflops": profiling.count_flops_eq11(model, shape, **kwargs) / 1e9,
+                   "ms_per_image": profiling.measure_time(model, shape, **TIMING, **kwargs)[0]}
+            row["full_res_percent"] = full_res_percent(result, size, config, canvas)
+            row.update({k: v for k, v in result.items() if k.startswith("hit_rate")})
+            row.update({k: result[k] for k in ("top5", "attended_only_top1")})
+            row.update({k: v for k, v in result.items() if k.startswith("coverage")})
+            row["params"] = model.count_params()
+            rows.append(row)
+    return rows, model, recipe
+
+
+def baseline_row(entry, stage: str, canvas: int) -> dict:
+    model, recipe, _ = stages.restore(stage)
+    size = recipe.input_size
+    correct = count = 0
+    for images, labels in test_dataset(entry, size, with_boxes=False):
+        predictions = np.argmax(model(images, training=False).numpy(), axis=-1)
+        correct += int(np.sum(predictions == labels.numpy()))
+        count += len(predictions)
+    shape = (size, size, 3)
+    print(f"{stage}: top-1 {100.0 * correct / count:.2f} % on {count} images")
+    return {"model": f"baseline {size} px", "input_size": size, "locations": None,
+            "accuracy": 100.0 * correct / count,
+            "gflops": profiling.count_flops_eq11(model, shape) / 1e9,
+            "ms_per_image": profiling.measure_time(model, shape, **TIMING)[0],
+            "full_res_percent": 100.0 if size >= canvas else 0.0,
+            "params": model.count_params()}
+
+
+def attention_grid(entry, model, recipe, path: str) -> str:
+    """TNet's attention at its training budget on the first test canvases."""
+    images, labels, _ = next(iter(test_dataset(entry, recipe.input_size, ATTENTION_CANVASES)))
+    outputs = model(images, locations=list(recipe.locations), training=False)
+    return plots.attention_grid(images.numpy(), outputs, labels.numpy(), path)
+
+
+def report(entry, baselines: Sequence[str]) -> list:
+    """Evaluates TNet and `baselines` (stage names); writes the table, the
+    JSON, the accuracy-vs-GFLOPs plot and the attention figure."""
+    canvas = canvas_size()
+    rows, model, recipe = tnet_rows(entry, canvas)
+    rows += [baseline_row(entry, stage, canvas) for stage in baselines]
+    folder = FLAGS.model_dir
+    with open(os.path.join(folder, "results.json"), "w") as handle:
+        json.dump(rows, handle, indent=1)
+    evaluation.write_table([{k: row.get(k) for k in COLUMNS} for row in rows],
+                           os.path.join(folder, "results"), kinds=("md",))
+    plot = plots.accuracy_vs_flops([os.path.join(folder, "results.json")],
+                                   os.path.join(folder, "accuracy_vs_gflops.png"),
+                                   metric="accuracy")
+    figure = attention_grid(entry, model, recipe, os.path.join(folder, "attention.png"))
+    with open(os.path.join(folder, "results.md")) as handle:
+        print(handle.read())
+    print(f"wrote {folder}/results.md, results.json, {os.path.basename(plot)} and "
+          f"{os.path.basename(figure)}")
+    return rows
+
+
+def _by_size(plan):
+    for size in sorted({s for s, _ in plan}):
+        yield size, [b for s, b in plan if s == size]
