@@ -175,7 +175,7 @@ def test_digits_quick_demo_runs_end_to_end_and_resumes(tmp_path):
     with open(os.path.join(out, "results.md")) as handle:
         table = handle.read().splitlines()
     assert table[0] == "| " + " | ".join(DIGITS_COLUMNS) + " |" and len(table) == 2 + 6
-    for name, size in (("accuracy_vs_gflops.png", (480, 720)), ("attention.png", (1220, 1200))):
+    for name, size in (("accuracy_vs_gflops.png", (480, 720)), ("attention.png", (1320, 1200))):
         pixels = tf.io.decode_png(tf.io.read_file(os.path.join(out, name))).numpy()
         assert pixels.shape[:2] == size
     # A rerun keeps every finished stage and only reports again.

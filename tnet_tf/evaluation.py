@@ -215,8 +215,8 @@ def write_table(rows: Sequence[dict], path_prefix: str,
 def _text(value) -> str:
     if value is None:
         return "-"
-    if isinstance(value, float):
-        return f"{value:.2f}"
+    if isinstance(value, float):      # 2 decimals; 3 significant digits below 1 (GFLOPs)
+        return f"{value:.3g}" if 0 < abs(value) < 1 else f"{value:.2f}"
     if isinstance(value, (list, tuple)):
         return ",".join(str(v) for v in value)
     return str(value)
