@@ -31,7 +31,6 @@ BAGNET77_FEATURES = 512
 
 COMPACT_STAGES = 4
 COMPACT_LOCATION_LAYER = "stage3_out"   # stride 8
-COMPACT_NORM_GROUPS = 4
 
 _EFFICIENTNETS = {
     "efficientnet-b0": tf.keras.applications.EfficientNetB0,
@@ -59,7 +58,7 @@ def build_backbone(config: BackboneConfig, input_size: Optional[int]) -> tf.kera
     """
     if config.name == "compact":
         return compact_cnn(input_size, config.width, config.spatial_dropout,
-                           config.location_layer or COMPACT_LOCATION_LAYER)
+                           config.location_layer or COMPACT_LOCATION_LAYER, config.norm_groups)
     if config.name == "bagnet77":
         return bagnet77(input_size, config.spatial_dropout, config.leaky_relu_alpha,
                         config.location_layer or BAGNET77_LOCATION_LAYER)
@@ -107,10 +106,11 @@ def bagnet77(input_size: Optional[int] = 77, spatial_dropout: float = 0.0,
 
 
 def compact_cnn(input_size: Optional[int] = 32, width: int = 16, dropout: float = 0.0,
-                location_layer: str = COMPACT_LOCATION_LAYER) -> tf.keras.Model:
+                location_layer: str = COMPACT_LOCATION_LAYER,
+                norm_groups: int = 1) -> tf.keras.Model:
     """A small CNN for CPU demos and tests: 4 stages of (3x3 stride-2 conv,
-    3x3 conv), group normalisation (4 groups of channels, statistics per
-    image) and SiLU, `width * 2**stage` channels, then GAP. Its feature
+    3x3 conv), group normalisation (`norm_groups` groups of channels,
+    statistics per image) and SiLU, `width * 2**stage` channels, then GAP. Its feature
     vector has `8 * width` channels; the location module reads the output
     of stage 3 (stride 8).
 
@@ -121,19 +121,20 @@ def compact_cnn(input_size: Optional[int] = 32, width: int = 16, dropout: float 
     the learning benchmark: 100 % accuracy with batch statistics, 47 % with
     the moving averages). Per-image normalisation has no batch statistics,
     so training and inference agree and replicas need no synchronisation.
-    Four groups rather than one (layer norm): on 8 px digits in 64 px
-    glimpses one group stayed at chance for 300 steps where four groups
-    reached 55 % (width 8, Adam 1e-3, batch 64)."""
-    if width < 1 or width % COMPACT_NORM_GROUPS:
-        raise ValueError(f"compact backbone width must be a positive multiple of "
-                         f"{COMPACT_NORM_GROUPS} (its normalisation groups); got {width}")
+    Groups matter: on 8 px digits in 64 px crops one group stayed at chance
+    for 300 steps where four reached 55 % (width 8, Adam 1e-3, batch 64; the
+    digits preset uses 4), while on the learning benchmark four groups let
+    the policy collapse where one group (the default) finds the cell."""
+    if width < 1 or norm_groups < 1 or width % norm_groups:
+        raise ValueError(f"compact backbone width must be a positive multiple of its "
+                         f"norm_groups ({norm_groups}); got {width}")
     inputs = layers.Input([input_size, input_size, 3], name="image")
     x = inputs
     for stage in range(1, COMPACT_STAGES + 1):
         for index, stride in enumerate((2, 1), start=1):
             x = layers.Conv2D(width * 2 ** (stage - 1), 3, strides=stride, padding="same",
                               use_bias=False, name=f"stage{stage}_conv{index}")(x)
-            x = layers.GroupNormalization(COMPACT_NORM_GROUPS, name=f"stage{stage}_gn{index}")(x)
+            x = layers.GroupNormalization(norm_groups, name=f"stage{stage}_gn{index}")(x)
             x = layers.Activation("swish", name=f"stage{stage}_act{index}" if index == 1
                                   else f"stage{stage}_out")(x)
     x = layers.SpatialDropout2D(dropout, name="top_dropout")(x)

@@ -37,6 +37,7 @@ class BackboneConfig:
         download, needs internet) or the path of a Keras EfficientNet weight
         file (`efficientnetb0_notop.h5` or one saved by `save_weights`).
       width: "compact" only; channels of its first stage (doubled per stage).
+      norm_groups: "compact" only; groups of its per-image group normalisation.
       location_layer: name of the layer whose output feeds the location
         module; None takes the backbone's default (BagNet-77: the 13th
         ConvBlock; EfficientNet: the last block of stage 4, which is the 8th
@@ -49,6 +50,7 @@ class BackboneConfig:
     leaky_relu_alpha: float = 0.2
     pretrained: Optional[str] = None
     width: int = 16
+    norm_groups: int = 1
     location_layer: Optional[str] = None
 
     def __post_init__(self):
@@ -200,7 +202,7 @@ def _digits() -> TNetConfig:
     # The embedded demo (experiments.digits): cluttered 256 px digit canvases, a compact
     # CNN at a 64 px base resolution, 3x3 grid of 50 % cells.
     return TNetConfig(
-        num_classes=10, backbone=BackboneConfig(name="compact", width=8),
+        num_classes=10, backbone=BackboneConfig(name="compact", width=8, norm_groups=4),
         base_resolution=64, input_size=128, grid_size=3, cell_fraction=0.5, locations=(2,),
         location_module="squeeze_excitation", location_width=32, location_se_width=16,
         code_size=48, positional_fusion="add_silu", dropout=0.2, initializer="efficientnet")
