@@ -99,3 +99,23 @@ def test_compact_backbone_taps_stride_8():
     feature_map, vector = model.outputs
     assert tuple(feature_map.shape) == (None, 8, 8, 32)
     assert tuple(vector.shape) == (None, 64)
+
+
+@pytest.mark.parametrize("norm, per_image", [("group", True), ("batch", False)])
+def test_compact_norm_decides_whether_training_features_depend_on_the_batch(norm, per_image):
+    model = backbones.build_backbone(BackboneConfig(name="compact", width=8, norm=norm), 32)
+    layer_types = {type(layer).__name__ for layer in model.layers}
+    assert ("LevelBatchNormalization" in layer_types) == (norm == "batch")
+    images = tf.random.stateless_uniform([4, 32, 32, 3], seed=(1, 2), minval=-1, maxval=1)
+    alone = model(images[:1], training=True)[1]
+    in_batch = model(images, training=True)[1][:1]
+    assert np.allclose(alone, in_batch, atol=1e-5) == per_image
+    # In inference both are per image.
+    np.testing.assert_allclose(model(images[:1])[1], model(images)[1][:1], atol=1e-5)
+
+
+def test_compact_norm_errors_name_the_field():
+    with pytest.raises(ValueError, match="backbone.norm"):
+        BackboneConfig(name="compact", norm="layer")
+    with pytest.raises(ValueError, match="norm_groups"):
+        backbones.compact_cnn(32, width=6, norm_groups=4)

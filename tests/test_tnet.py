@@ -237,3 +237,37 @@ def test_mixed_precision_keeps_float32_outputs(images):
     for key in ("logits", "feature_logits", "location_log_probs", "feature_weights"):
         assert out[key].dtype == tf.float32, key
         assert np.all(np.isfinite(out[key].numpy())), key
+
+
+def test_batch_norm_keeps_statistics_per_level(images):
+    # One training call: each level's moving means in the first normalisation
+    # layer move from 0 by (1 - momentum) times the batch mean of that level's
+    # input: the whole image at 32 px, then the glimpses of levels 2 and 3.
+    tf.keras.utils.set_random_seed(3)
+    model = tnet_tf.TNet(tiny_config(backbone=BackboneConfig(name="compact", width=8,
+                                                             norm="batch")))
+    out = model(images, locations=[2, 1], training=True)
+    conv = model.backbone.get_layer("stage1_conv1")
+    norm = model.backbone.get_layer("stage1_bn1")
+
+    def crops(boxes):
+        flat = tf.reshape(boxes, [-1, 4])
+        return tf.image.crop_and_resize(
+            images, geometry.crop_and_resize_boxes(flat, 128, 128, 32),
+            tf.repeat(tf.range(3), boxes.shape[1]), [32, 32])
+
+    means = [norm.norms[level].moving_mean.numpy() for level in range(3)]
+    for level, boxes in enumerate(out["boxes"]):
+        by_hand = 0.01 * tf.reduce_mean(conv(crops(boxes)), axis=[0, 1, 2])
+        np.testing.assert_allclose(means[level], by_hand, rtol=1e-3, atol=1e-9)
+    assert not np.allclose(means[1], means[2], rtol=0.1, atol=0)
+
+    # In inference too: moving level 3's statistics changes level 3's features
+    # and leaves those of levels 1 and 2 (and so the attended cells) as they were.
+    before = model(images, locations=[2, 1])
+    norm.norms[2].moving_mean.assign_add(tf.fill(means[2].shape, 5.0))
+    after = model(images, locations=[2, 1])
+    np.testing.assert_array_equal(after["locations"], before["locations"])
+    np.testing.assert_array_equal(after["features"][:, :3], before["features"][:, :3])
+    # (An untrained network's later layers damp the shift, but it does arrive.)
+    assert np.abs(after["features"][:, 3:] - before["features"][:, 3:]).min() > 0

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import tnet_tf
-from tnet_tf import checkpoints, losses, training
+from tnet_tf import backbones, checkpoints, losses, training
 from test_tnet import tiny_config
 
 
@@ -122,6 +122,7 @@ def test_weight_decay_skips_normalization_variables():
     assert len(group_norm) == 16 and len(decayed) == len(model.trainable_variables) - 16
     batch_norm = tf.keras.Sequential([tf.keras.layers.Conv2D(4, 3),
                                       tf.keras.layers.BatchNormalization(),
+                                      backbones.LevelBatchNormalization(),
                                       tf.keras.layers.Dense(2)])
     batch_norm.build([None, 8, 8, 3])
     assert [v.name.split("/")[-1] for v in training.decayed_variables(batch_norm)] == \

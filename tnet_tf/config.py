@@ -14,6 +14,7 @@ import dataclasses
 from typing import Optional, Tuple
 
 BACKBONES = ("compact", "bagnet77",) + tuple(f"efficientnet-b{i}" for i in range(5))
+COMPACT_NORMS = ("group", "batch")
 LOCATION_MODULES = ("context", "squeeze_excitation")
 POSITIONAL_FUSIONS = ("concat_dense", "add_silu")
 CODE_VARIANTS = ("paper", "release")
@@ -37,7 +38,10 @@ class BackboneConfig:
         download, needs internet) or the path of a Keras EfficientNet weight
         file (`efficientnetb0_notop.h5` or one saved by `save_weights`).
       width: "compact" only; channels of its first stage (doubled per stage).
-      norm_groups: "compact" only; groups of its per-image group normalisation.
+      norm: "compact" only; "group" (per-image group normalisation with
+        `norm_groups` groups) or "batch" (batch normalisation with moving
+        statistics per TNet level, `backbones.LevelBatchNormalization`).
+      norm_groups: "compact" only; groups of its group normalisation.
       location_layer: name of the layer whose output feeds the location
         module; None takes the backbone's default (BagNet-77: the 13th
         ConvBlock; EfficientNet: the last block of stage 4, which is the 8th
@@ -50,6 +54,7 @@ class BackboneConfig:
     leaky_relu_alpha: float = 0.2
     pretrained: Optional[str] = None
     width: int = 16
+    norm: str = "group"
     norm_groups: int = 1
     location_layer: Optional[str] = None
 
@@ -62,6 +67,7 @@ class BackboneConfig:
                              "pretrained weights are supported for efficientnet-b0..b4 only.")
         if self.width < 1:
             raise ValueError(f"backbone.width must be >= 1, got {self.width}")
+        _check_choice("backbone.norm", self.norm, COMPACT_NORMS)
 
 
 @dataclasses.dataclass(frozen=True)

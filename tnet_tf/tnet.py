@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from tnet_tf import geometry, losses, training
-from tnet_tf.backbones import build_backbone
+from tnet_tf.backbones import build_backbone, set_backbone_level
 from tnet_tf.config import TNetConfig
 from tnet_tf.modules import ClassificationModule, FeatureWeighting, LocationModule, PositionalEncoding
 
@@ -166,7 +166,7 @@ class TNet(tf.keras.Model):
                 f"{levels} levels need images larger than {needed:.0f} px; at this size at "
                 f"most {reachable} level(s)")
 
-    def _glimpse_features(self, images, boxes, training):
+    def _glimpse_features(self, images, boxes, training, level):
         """Crops boxes [B, P, 4] from the images; returns the backbone outputs."""
         count = boxes.shape[1]
         flat = tf.reshape(boxes, [-1, 4])
@@ -176,6 +176,7 @@ class TNet(tf.keras.Model):
         indices = tf.repeat(tf.range(shape[0]), count)
         size = [self.config.base_resolution] * 2
         glimpses = tf.image.crop_and_resize(tf.cast(images, tf.float32), crop_boxes, indices, size)
+        set_backbone_level(self.backbone, level)
         return self.backbone(glimpses, training=training)
 
     def call(self, images, locations=None, training=None, selection="top_k",
@@ -198,7 +199,7 @@ class TNet(tf.keras.Model):
 
         for level in range(1, len(locations) + 2):
             count = boxes.shape[1]
-            feature_map, vector = self._glimpse_features(images, boxes, training)
+            feature_map, vector = self._glimpse_features(images, boxes, training, level)
             vector = tf.reshape(vector, [batch, count, vector.shape[-1]])
             code = geometry.positional_code(cells[..., 0], cells[..., 1],
                                             tf.fill(tf.shape(cells[..., 0]), float(level - 1)),

@@ -24,6 +24,7 @@ from typing import Optional, Tuple
 import tensorflow as tf
 
 from tnet_tf import losses
+from tnet_tf.backbones import LevelBatchNormalization
 
 SELECTIONS = ("top_k", "sample")
 
@@ -122,7 +123,7 @@ def decayed_variables(model: tf.keras.Model):
     """Trainable variables that L2 weight decay applies to: all but the scales
     and offsets of normalisation layers (batch, group and layer norm)."""
     normalization = (tf.keras.layers.BatchNormalization, tf.keras.layers.GroupNormalization,
-                     tf.keras.layers.LayerNormalization)
+                     tf.keras.layers.LayerNormalization, LevelBatchNormalization)
     skipped = {id(v) for layer in model.submodules if isinstance(layer, normalization)
                for v in layer.trainable_variables}
     return [v for v in model.trainable_variables if id(v) not in skipped]
