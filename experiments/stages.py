@@ -16,6 +16,9 @@ from tnet_tf import checkpoints, evaluation, plots, profiling, training
 from tnet_tf.data import pipeline
 
 FLAGS = runner.FLAGS
+# Batches that re-estimate batch-norm statistics per level after training
+# (`training.recalibrate_batch_norm`; only models with `LevelBatchNormalization`).
+RECALIBRATION_STEPS = 60
 
 
 def seed_everything(seed: int) -> None:
@@ -137,6 +140,10 @@ def train(entry, stage: str, recipe: Recipe) -> None:
           f"images ({examples} training examples)")
     model.fit(data, epochs=recipe.epochs, steps_per_epoch=steps, callbacks=callbacks,
               verbose=2 if FLAGS.smoke else 1)
+    used = training.recalibrate_batch_norm(model, pipeline.make_dataset(config_in),
+                                           RECALIBRATION_STEPS)
+    if used:
+        print(f"{stage}: batch-norm statistics re-estimated on {used} training batches")
     model.save_weights(os.path.join(runner.final_checkpoint(stage), "weights"))
     print(f"{stage}: final weights in {runner.final_checkpoint(stage)}")
     if recipe.model == "baseline":

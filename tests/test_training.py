@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 import tnet_tf
-from tnet_tf import backbones, checkpoints, losses, training
+from tnet_tf import backbones, checkpoints, geometry, losses, training
+from tnet_tf.config import BackboneConfig
 from test_tnet import tiny_config
 
 
@@ -221,3 +222,28 @@ def test_time_left_is_printed_after_every_epoch(capsys):
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("epoch ")]
     assert [l.split(":")[0] for l in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
     assert all("spent, about" in l for l in lines) and lines[-1].endswith("0:00:00 left")
+
+
+def test_batch_norm_recalibration_averages_each_levels_batch_statistics():
+    tf.keras.utils.set_random_seed(4)
+    model = tnet_tf.TNet(tiny_config(
+        backbone=BackboneConfig(name="compact", width=8, norm="batch"), input_size=64,
+        locations=(1,)))
+    batches = [(tf.random.stateless_uniform([4, 64, 64, 3], seed=(i, 9), minval=-1.0,
+                                            maxval=0.5 + i), tf.zeros([4], tf.int32))
+               for i in range(3)]
+    assert training.recalibrate_batch_norm(model, batches + batches, steps=3) == 3
+
+    norm = model.backbone.get_layer("stage1_bn1")
+    conv = model.backbone.get_layer("stage1_conv1")
+    whole = [tf.image.crop_and_resize(images, tf.tile(geometry.crop_and_resize_boxes(
+        tf.constant([[0.0, 0.0, 1.0, 1.0]]), 64, 64, 32), [4, 1]), tf.range(4), [32, 32])
+        for images, _ in batches]
+    batch_means = [tf.reduce_mean(conv(images), axis=[0, 1, 2]) for images in whole]
+    np.testing.assert_allclose(norm.norms[0].moving_mean, tf.reduce_mean(batch_means, axis=0),
+                               rtol=1e-4, atol=1e-6)
+    assert not np.allclose(norm.norms[1].moving_mean, 0.0)      # level 2 was recalibrated
+    np.testing.assert_array_equal(norm.norms[2].moving_mean, 0.0)   # level 3 never ran
+    assert all(n.momentum == 0.99 for n in norm.norms)
+    # Nothing to do for a model without batch norm per level.
+    assert training.recalibrate_batch_norm(_model(), batches, steps=3) == 0

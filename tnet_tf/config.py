@@ -208,7 +208,7 @@ def _digits() -> TNetConfig:
     # The embedded demo (experiments.digits): cluttered 256 px digit canvases, a compact
     # CNN at a 64 px base resolution, 3x3 grid of 50 % cells.
     return TNetConfig(
-        num_classes=10, backbone=BackboneConfig(name="compact", width=8, norm_groups=4),
+        num_classes=10, backbone=BackboneConfig(name="compact", width=16, norm="batch"),
         base_resolution=64, input_size=128, grid_size=3, cell_fraction=0.5, locations=(2,),
         location_module="squeeze_excitation", location_width=32, location_se_width=16,
         code_size=48, positional_fusion="add_silu", dropout=0.2, initializer="efficientnet")
