@@ -206,7 +206,7 @@ def _birds(num_classes: int) -> TNetConfig:
 
 def _digits() -> TNetConfig:
     # The embedded demo (experiments.digits): cluttered 256 px digit canvases, a compact
-    # CNN at a 64 px base resolution, 3x3 grid of 50 % cells.
+    # CNN with batch norm per level at a 64 px base resolution, 3x3 grid of 50 % cells.
     return TNetConfig(
         num_classes=10, backbone=BackboneConfig(name="compact", width=16, norm="batch"),
         base_resolution=64, input_size=128, grid_size=3, cell_fraction=0.5, locations=(2,),
