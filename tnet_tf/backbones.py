@@ -151,6 +151,7 @@ class LevelBatchNormalization(layers.Layer):
                 norm.build(input_shape)
         super().build(input_shape)
 
+    @tf.autograph.experimental.do_not_convert     # plain Python: the level is read at trace
     def call(self, inputs, training=None):
         x = self.norms[min(self.level, self.levels) - 1](inputs, training=training)
         return x * tf.cast(self.gamma, x.dtype) + tf.cast(self.beta, x.dtype)
