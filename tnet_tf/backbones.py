@@ -161,11 +161,15 @@ class LevelBatchNormalization(layers.Layer):
                 "epsilon": self.epsilon}
 
 
+def level_batch_norms(backbone: tf.keras.Model):
+    """The backbone's `LevelBatchNormalization` layers."""
+    return [layer for layer in backbone.layers if isinstance(layer, LevelBatchNormalization)]
+
+
 def set_backbone_level(backbone: tf.keras.Model, level: int) -> None:
     """Tells the backbone's level-aware layers which TNet level the next call sees."""
-    for layer in backbone.layers:
-        if isinstance(layer, LevelBatchNormalization):
-            layer.level = level
+    for layer in level_batch_norms(backbone):
+        layer.level = level
 
 
 def compact_cnn(input_size: Optional[int] = 32, width: int = 16, dropout: float = 0.0,
@@ -183,9 +187,9 @@ def compact_cnn(input_size: Optional[int] = 32, width: int = 16, dropout: float 
     benchmark one group finds the cell where four let the policy collapse.
 
     norm="batch": `LevelBatchNormalization`, batch normalisation with moving
-    statistics per TNet level. It learns much faster on
-    small objects: classifying 64 px cells that hold an 8 px digit somewhere
-    (width 16, Adam 1e-3, batch 64), it reached 55 % training accuracy after
+    statistics per TNet level. It learns much faster on small objects:
+    classifying 64 px cells that hold an 8 px digit somewhere (width 16,
+    Adam 1e-3, batch 64), it reached 55 % training accuracy after
     400 steps where group norm was at 19 %. The digits demo uses it.
     """
     if width < 1 or norm_groups < 1 or (norm == "group" and width % norm_groups):

@@ -24,7 +24,7 @@ from typing import Iterable, Optional, Tuple
 import tensorflow as tf
 
 from tnet_tf import losses
-from tnet_tf.backbones import LevelBatchNormalization
+from tnet_tf.backbones import LevelBatchNormalization, level_batch_norms
 
 SELECTIONS = ("top_k", "sample")
 
@@ -301,9 +301,7 @@ def recalibrate_batch_norm(model, dataset: Iterable, steps: int, locations=None)
     the lag shows: the digits demo's fine-tuned TNet predicted one class in
     inference (10.1 %) and 52.7 % after 60 batches of this. Runs eagerly;
     returns the batches used (0 if the model has no such layer)."""
-    backbone = getattr(model, "backbone", None)
-    norms = [norm for layer in (backbone.layers if backbone is not None else [])
-             if isinstance(layer, LevelBatchNormalization) for norm in layer.norms]
+    norms = [norm for layer in level_batch_norms(model.backbone) for norm in layer.norms]
     if not norms:
         return 0
     momenta = [norm.momentum for norm in norms]
