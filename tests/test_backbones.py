@@ -101,6 +101,24 @@ def test_compact_backbone_taps_stride_8():
     assert tuple(vector.shape) == (None, 64)
 
 
+def test_compact_convs_per_stage_sets_the_convs_of_each_stage():
+    config = BackboneConfig(name="compact", width=8, convs_per_stage=[1, 2, 3, 1])
+    assert config.convs_per_stage == (1, 2, 3, 1)       # lists from JSON become tuples
+    model = backbones.build_backbone(config, 64)
+    convs = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.Conv2D)]
+    assert [c.name for c in convs] == ["stage1_conv1", "stage2_conv1", "stage2_conv2",
+                                       "stage3_conv1", "stage3_conv2", "stage3_conv3",
+                                       "stage4_conv1"]
+    assert [c.strides[0] for c in convs] == [2, 2, 1, 2, 1, 1, 2]
+    # The location layer is still each stage's last activation, at stride 8.
+    assert model.get_layer("stage3_out").input is model.get_layer("stage3_gn3").output
+    feature_map, vector = model.outputs
+    assert tuple(feature_map.shape) == (None, 8, 8, 32) and tuple(vector.shape) == (None, 64)
+    for bad in [(2, 2, 2), (0, 2, 2, 2)]:
+        with pytest.raises(ValueError, match="backbone.convs_per_stage"):
+            BackboneConfig(name="compact", convs_per_stage=bad)
+
+
 @pytest.mark.parametrize("norm, per_image", [("group", True), ("batch", False)])
 def test_compact_norm_decides_whether_training_features_depend_on_the_batch(norm, per_image):
     model = backbones.build_backbone(BackboneConfig(name="compact", width=8, norm=norm), 32)

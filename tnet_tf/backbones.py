@@ -9,7 +9,7 @@ feature-map pixel looks, and lets FLOPs counters see every layer.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -59,7 +59,7 @@ def build_backbone(config: BackboneConfig, input_size: Optional[int]) -> tf.kera
     if config.name == "compact":
         return compact_cnn(input_size, config.width, config.spatial_dropout,
                            config.location_layer or COMPACT_LOCATION_LAYER, config.norm,
-                           config.norm_groups)
+                           config.norm_groups, config.convs_per_stage)
     if config.name == "bagnet77":
         return bagnet77(input_size, config.spatial_dropout, config.leaky_relu_alpha,
                         config.location_layer or BAGNET77_LOCATION_LAYER)
@@ -174,9 +174,11 @@ def set_backbone_level(backbone: tf.keras.Model, level: int) -> None:
 
 def compact_cnn(input_size: Optional[int] = 32, width: int = 16, dropout: float = 0.0,
                 location_layer: str = COMPACT_LOCATION_LAYER, norm: str = "group",
-                norm_groups: int = 1) -> tf.keras.Model:
-    """A small CNN for CPU demos and tests: 4 stages of (3x3 stride-2 conv,
-    3x3 conv), normalisation and SiLU, `width * 2**stage` channels, then GAP.
+                norm_groups: int = 1,
+                convs_per_stage: Sequence[int] = (2, 2, 2, 2)) -> tf.keras.Model:
+    """A small CNN for CPU demos and tests: 4 stages of `width * 2**stage`
+    channels, stage s a 3x3 stride-2 conv followed by `convs_per_stage[s] - 1`
+    3x3 convs, every conv with normalisation and SiLU, then GAP.
     Its feature vector has `8 * width` channels; the location module reads
     the output of stage 3 (stride 8).
 
@@ -198,15 +200,16 @@ def compact_cnn(input_size: Optional[int] = 32, width: int = 16, dropout: float 
     inputs = layers.Input([input_size, input_size, 3], name="image")
     x = inputs
     for stage in range(1, COMPACT_STAGES + 1):
-        for index, stride in enumerate((2, 1), start=1):
+        strides = (2,) + (1,) * (convs_per_stage[stage - 1] - 1)
+        for index, stride in enumerate(strides, start=1):
             x = layers.Conv2D(width * 2 ** (stage - 1), 3, strides=stride, padding="same",
                               use_bias=False, name=f"stage{stage}_conv{index}")(x)
             if norm == "batch":
                 x = LevelBatchNormalization(name=f"stage{stage}_bn{index}")(x)
             else:
                 x = layers.GroupNormalization(norm_groups, name=f"stage{stage}_gn{index}")(x)
-            x = layers.Activation("swish", name=f"stage{stage}_act{index}" if index == 1
-                                  else f"stage{stage}_out")(x)
+            x = layers.Activation("swish", name=f"stage{stage}_out" if index == len(strides)
+                                  else f"stage{stage}_act{index}")(x)
     x = layers.SpatialDropout2D(dropout, name="top_dropout")(x)
     vector = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     return _with_two_outputs(inputs, vector, location_layer, "compact")

@@ -42,6 +42,8 @@ class BackboneConfig:
         `norm_groups` groups) or "batch" (batch normalisation with moving
         statistics per TNet level, `backbones.LevelBatchNormalization`).
       norm_groups: "compact" only; groups of its group normalisation.
+      convs_per_stage: "compact" only; the number of 3x3 convs in each of
+        its 4 stages (the first conv of a stage has stride 2).
       location_layer: name of the layer whose output feeds the location
         module; None takes the backbone's default (BagNet-77: the 13th
         ConvBlock; EfficientNet: the last block of stage 4, which is the 8th
@@ -56,6 +58,7 @@ class BackboneConfig:
     width: int = 16
     norm: str = "group"
     norm_groups: int = 1
+    convs_per_stage: Tuple[int, ...] = (2, 2, 2, 2)
     location_layer: Optional[str] = None
 
     def __post_init__(self):
@@ -68,6 +71,10 @@ class BackboneConfig:
         if self.width < 1:
             raise ValueError(f"backbone.width must be >= 1, got {self.width}")
         _check_choice("backbone.norm", self.norm, COMPACT_NORMS)
+        object.__setattr__(self, "convs_per_stage", tuple(int(n) for n in self.convs_per_stage))
+        if len(self.convs_per_stage) != 4 or min(self.convs_per_stage) < 1:
+            raise ValueError(f"backbone.convs_per_stage must be 4 counts >= 1, got "
+                             f"{self.convs_per_stage}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +215,8 @@ def _digits() -> TNetConfig:
     # The embedded demo (experiments.digits): cluttered 256 px digit canvases, a compact
     # CNN with batch norm per level at a 64 px base resolution, 3x3 grid of 50 % cells.
     return TNetConfig(
-        num_classes=10, backbone=BackboneConfig(name="compact", width=16, norm="batch"),
+        num_classes=10, backbone=BackboneConfig(name="compact", width=16, norm="batch",
+                                                convs_per_stage=(1, 2, 2, 2)),
         base_resolution=64, input_size=128, grid_size=3, cell_fraction=0.5, locations=(2,),
         location_module="squeeze_excitation", location_width=32, location_se_width=16,
         code_size=48, positional_fusion="add_silu", dropout=0.2, initializer="efficientnet")
