@@ -115,7 +115,7 @@ def accuracy_vs_flops(result_files: Sequence[str], path: str, metric: str = "top
                 axis.annotate(str(row["total_locations"]), (row["gflops"], row[metric]),
                               textcoords="offset points", xytext=(4, -10), fontsize=7)
     axis.set_xlabel("GFLOPs per image (eq. 11)")
-    axis.set_ylabel(f"{metric} accuracy (%)")
+    axis.set_ylabel("accuracy (%)" if metric == "accuracy" else f"{metric} accuracy (%)")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()

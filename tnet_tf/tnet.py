@@ -21,8 +21,6 @@ from tnet_tf.backbones import build_backbone, set_backbone_level
 from tnet_tf.config import TNetConfig
 from tnet_tf.modules import ClassificationModule, FeatureWeighting, LocationModule, PositionalEncoding
 
-SELECTIONS = ("top_k", "sample")
-
 
 def select_cells(log_probs, count: int, selection: str = "top_k", seed: Optional[int] = None,
                  random_cells=None):
@@ -36,8 +34,9 @@ def select_cells(log_probs, count: int, selection: str = "top_k", seed: Optional
     cells are drawn uniformly at random without replacement whatever the
     distribution (the exploration warm-up of `TNet.compile`).
     """
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}; got {selection!r}")
+    if selection not in training.SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(training.SELECTIONS)}; "
+                         f"got {selection!r}")
     scores = log_probs
     if selection == "sample" or random_cells is not None:
         uniform = tf.random.uniform(tf.shape(log_probs), minval=1e-12, maxval=1.0, seed=seed)
