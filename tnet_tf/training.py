@@ -323,6 +323,6 @@ def recalibrate_batch_norm(model, dataset: Iterable, steps: int, locations=None)
             forward(batch[0])
             used += 1
     finally:
-        for norm, momentum in zip(norms, momenta):
-            norm.momentum = momentum
+        for norm, original in zip(norms, momenta):
+            norm.momentum = original
     return used
