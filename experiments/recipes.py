@@ -107,18 +107,18 @@ BACKBONE_EPOCHS = {"efficientnet-b4": 125}
 # The embedded demo on cluttered digits (experiments.digits): the fMoW recipe in
 # miniature, with a cosine learning-rate decay and a warm-up of random cells
 # (without it top-k selection can lock onto cells that never show the digit).
-_DIGITS_TNET = Recipe(preset="digits", input_size=128, locations=(2,), epochs=2,
+_DIGITS_TNET = Recipe(preset="digits", input_size=128, locations=(2,), epochs=10,
                       learning_rate=1e-3, lr_schedule="cosine", lambda_c=0.3, lambda_r=0.3,
                       random_warmup_steps=300, augment=False, cache_decoded=True,
                       evaluation_budgets=((0,), (1,), (2,)))
-_DIGITS_BASELINE = Recipe(model="baseline", preset="digits", input_size=64, epochs=1,
+_DIGITS_BASELINE = Recipe(model="baseline", preset="digits", input_size=64, epochs=8,
                           lr_schedule="cosine", augment=False, cache_decoded=True,
                           evaluation_budgets=())
 DIGITS: Dict[str, Recipe] = {
     "train_128": _DIGITS_TNET,
     # Level 3's batch-norm statistics are learnt here: budgets with 3 levels
     # are evaluated from this stage on.
-    "finetune_256": _DIGITS_TNET.replace(input_size=256, locations=(2, 1), epochs=2,
+    "finetune_256": _DIGITS_TNET.replace(input_size=256, locations=(2, 1), epochs=3,
                                          random_warmup_steps=0, init_from="train_128",
                                          evaluation_budgets=((0,), (1,), (2,), (2, 1), (2, 2))),
     "baseline_64": _DIGITS_BASELINE,
@@ -128,6 +128,6 @@ DIGITS: Dict[str, Recipe] = {
 DIGITS_QUICK: Dict[str, Recipe] = {
     "train_128": DIGITS["train_128"].replace(epochs=4, random_warmup_steps=100),
     "finetune_256": DIGITS["finetune_256"].replace(epochs=1),
-    "baseline_64": DIGITS["baseline_64"],
+    "baseline_64": DIGITS["baseline_64"].replace(epochs=2),
     "baseline_256": DIGITS["baseline_256"].replace(epochs=1),
 }
