@@ -108,7 +108,7 @@ BACKBONE_EPOCHS = {"efficientnet-b4": 125}
 # miniature, with a cosine learning-rate decay and a warm-up of random cells
 # (without it top-k selection can lock onto cells that never show the digit).
 # The 128 px stage runs well past the classifier's take-off (training accuracy
-# leaves chance after 600-900 steps): stopped at 624 steps, one seed of three
+# leaves chance after about 600 steps): stopped at 624 steps, one seed of three
 # was still at chance and the 256 px stage never recovered it.
 _DIGITS_TNET = Recipe(preset="digits", input_size=128, locations=(2,), epochs=10,
                       learning_rate=1e-3, lr_schedule="cosine", lambda_c=0.3, lambda_r=0.3,
