@@ -1,6 +1,6 @@
 """The embedded demo: TNet learns where to look on cluttered handwritten digits.
 
-    python -m experiments.digits                        # the whole demo, about 14 min
+    python -m experiments.digits                        # the whole demo, about 15 min
     python -m experiments.digits --quick                # a few minutes, runs/digits_quick
     python -m experiments.digits --seed=1 --output_dir=runs/digits_seed1
     python -m experiments.digits --no_per_feature_reg --output_dir=runs/digits_no_reg
