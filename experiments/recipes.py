@@ -29,6 +29,7 @@ class Recipe:
     augment: the B.2 training augmentation (off for digits: a flip changes them).
     cache_decoded: keep the decoded training images in memory (small datasets).
     pretrained: backbone weights ("imagenet" or a Keras weight file).
+    location_stop_gradient: None keeps the preset's (`TNetConfig`).
     """
 
     model: str = "tnet"
@@ -56,6 +57,7 @@ class Recipe:
     cache_decoded: bool = False
     pretrained: Optional[str] = None
     backbone: Optional[str] = None
+    location_stop_gradient: Optional[bool] = None
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **changes)

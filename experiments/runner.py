@@ -86,6 +86,8 @@ def define_flags(entry: Entry, default_stage: str, extra_stages: Sequence[str] =
     flags.DEFINE_string("locations", None, "Override the training budget, e.g. '2' or '2,1'.")
     flags.DEFINE_string("backbone", None, "Override the backbone, e.g. efficientnet-b3.")
     flags.DEFINE_string("pretrained", None, "Backbone weights: 'imagenet' or a Keras .h5 file.")
+    flags.DEFINE_bool("location_stop_gradient", None, "Override the preset: detach the "
+                      "location module's inputs in training (the authors' code).")
 
 
 def parse_budget(text: str, flag: str) -> Tuple[int, ...]:
@@ -104,7 +106,7 @@ def resolve_recipe(recipe: Recipe) -> Recipe:
     for name in ("learning_rate", "backbone_learning_rate", "lambda_f", "lambda_c", "lambda_r",
                  "dropout", "stochastic_depth", "weight_decay", "input_size", "epochs",
                  "global_batch_size", "backbone", "pretrained", "random_warmup_steps",
-                 "lr_schedule"):
+                 "lr_schedule", "location_stop_gradient"):
         value = getattr(FLAGS, name)
         if value is not None:
             changes[name] = value
@@ -151,8 +153,9 @@ def model_config(recipe: Recipe):
                                       ("spatial_dropout", recipe.spatial_dropout),
                                       ("pretrained", recipe.pretrained)) if value is not None})
     changes = dict(backbone=backbone, input_size=recipe.input_size, locations=recipe.locations)
-    if recipe.dropout is not None:
-        changes["dropout"] = recipe.dropout
+    for name in ("dropout", "location_stop_gradient"):
+        if getattr(recipe, name) is not None:
+            changes[name] = getattr(recipe, name)
     if FLAGS.smoke:
         changes.update(backbone=BackboneConfig(name="compact", width=8),
                        base_resolution=SMOKE_BASE, num_classes=SMOKE_CLASSES, location_width=16,

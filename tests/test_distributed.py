@@ -23,6 +23,11 @@ def test_two_replicas_update_like_one_device_with_the_same_global_batch():
     assert report["max_weight_difference"] < 1e-5, report["worst_weight"]
     distributed, single = report["baseline"]
     assert abs(distributed - single) < 1e-7 and distributed != 0.5
+    # The location module's inputs are detached in training: on 2 replicas too,
+    # REINFORCE alone moves the location module and leaves the backbone at exactly 0.
+    assert report["reinforce_gradients"]["replicas"] == 2
+    assert report["reinforce_gradients"]["backbone"] == 0.0
+    assert report["reinforce_gradients"]["location_module"] > 1e-6
     # Metrics are aggregated across replicas: the logs agree too.
     for name, value in report["logs"]["single"].items():
         assert abs(report["logs"]["distributed"][name] - value) < 1e-5, name

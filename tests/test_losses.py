@@ -120,6 +120,63 @@ def test_reinforce_reaches_only_the_location_path_and_classification_every_modul
         "backbone", "location_module"}
 
 
+@pytest.mark.parametrize("variant", ["squeeze_excitation", "context"])
+@pytest.mark.parametrize("stop", [True, False])
+def test_in_training_reinforce_trains_the_location_module_alone(variant, stop):
+    # The authors detach the location module's inputs (the feature map; for
+    # "context" also the feature vector) in training: REINFORCE never reaches
+    # the backbone, which learns from the classification terms alone.
+    tf.keras.utils.set_random_seed(9)
+    net = tnet_tf.TNet(tiny_config(location_module=variant, location_stop_gradient=stop))
+    images = tf.random.stateless_uniform([N, 128, 128, 3], seed=[7, 8], minval=-1, maxval=1)
+    weights = LossWeights(lambda_f=1.0, lambda_c=0.5, lambda_r=0.5)
+    with tf.GradientTape(persistent=True) as tape:
+        out = net(images, locations=LOCATIONS, training=True)
+        terms = losses.tnet_loss(out, [0, 1], tf.constant(0.5), weights)
+        reinforce = tf.reduce_mean(terms["reinforce"] + terms["feature_reinforce"])
+        classification = tf.reduce_mean(terms["classification"])
+
+    def largest(loss, part):
+        grads = tape.gradient(loss, part.trainable_variables)
+        return max(0.0 if g is None else float(np.abs(g.numpy()).max()) for g in grads)
+
+    assert largest(reinforce, net.location_module) > 1e-4
+    assert largest(classification, net.backbone) > 1e-4
+    if stop:
+        assert largest(reinforce, net.backbone) == 0.0
+    else:
+        assert largest(reinforce, net.backbone) > 1e-6
+    # Inference is unchanged by the stop.
+    twin = tnet_tf.TNet(tiny_config(location_module=variant, location_stop_gradient=not stop))
+    twin(images[:1], locations=LOCATIONS)
+    twin.set_weights(net.get_weights())
+    np.testing.assert_array_equal(twin(images, locations=LOCATIONS)["logits"].numpy(),
+                                  net(images, locations=LOCATIONS)["logits"].numpy())
+
+
+def test_baseline_reward_mixes_main_and_per_location_rewards():
+    # The authors' baseline target: lambda_r mean R^s + (1 - lambda_r) mean R^k,
+    # R^k over the attended locations inside the level cap.
+    levels = tf.constant([1, 2, 2, 3, 3], tf.int32)
+    labels = np.array([0, 1, 2])
+    predicted = np.array([[0, 0, 1, 0, 1],      # per example: main, then features 1..5
+                          [0, 1, 1, 0, 1],
+                          [2, 2, 0, 2, 2]])
+    main = np.array([0, 1, 2])               # main predictions: all right
+    eye = np.eye(3, dtype=np.float32) * 5
+    out = {"logits": tf.constant(eye[main]), "feature_logits": tf.constant(eye[predicted]),
+           "location_log_probs": tf.zeros([3, 4]), "feature_levels": levels}
+    for cap, lambda_r in ((None, 0.3), (2, 0.6), (None, 1.0)):
+        weights = LossWeights(lambda_c=0.5, lambda_r=lambda_r, max_feature_level=cap)
+        terms = losses.tnet_loss(out, labels, tf.constant(0.5), weights)
+        locations = [1, 2] if cap == 2 else [1, 2, 3, 4]     # feature indices in the cap
+        per_location = (predicted[:, locations] == labels[:, None]).mean()
+        expected = lambda_r * 1.0 + (1 - lambda_r) * per_location
+        assert float(tf.reduce_mean(terms["baseline_reward"])) == pytest.approx(expected)
+    eq1 = losses.tnet_loss(out, labels, tf.constant(0.5), LossWeights())
+    np.testing.assert_array_equal(eq1["baseline_reward"].numpy(), [1.0, 1.0, 1.0])
+
+
 def test_rewards_and_reinforce_surrogate():
     logits = tf.constant([[2.0, 1.0], [0.0, 3.0], [1.0, 0.5]])
     np.testing.assert_array_equal(losses.rewards(logits, [0, 0, 1]).numpy(), [1.0, 0.0, 0.0])

@@ -109,6 +109,11 @@ class TNetConfig:
         features instead of averaging them (CUB / NABirds).
       initializer: "glorot" (Xavier weights, zero biases) or "efficientnet"
         (the EfficientNet variance-scaling initialisers) for the TNet heads.
+      location_stop_gradient: in training, detach the location module's
+        inputs (the feature map and, variant "context", the feature vector),
+        so the REINFORCE terms train the location module alone and the
+        backbone learns from the classification terms only; inference is
+        unchanged. The paper is silent; the authors' code stops them.
     """
 
     num_classes: int = 62
@@ -127,6 +132,7 @@ class TNetConfig:
     dropout: float = 0.5
     feature_weighting: bool = False
     initializer: str = "efficientnet"
+    location_stop_gradient: bool = True
 
     def __post_init__(self):
         if isinstance(self.backbone, dict):

@@ -28,10 +28,14 @@ classifier; every attended location has its own REINFORCE term. With
 and locations, of levels up to that cap enter these terms.
 
 The baseline (eq. 7): b starts at 0.5 and after every training step
-becomes `0.9 b + 0.1 * mean R^s`, the mean of the *main* rewards R^s over
-the global batch of N * M examples (all replicas, all Monte Carlo samples).
-The per-feature rewards R^k do not feed it; they are compared with the same
-b. The loss of a step uses b as it was before that step's update.
+becomes `0.9 b + 0.1 * r`, with r the mean reward that the REINFORCE terms
+compare with b, taken over the global batch of N * M examples (all
+replicas, all Monte Carlo samples): `r = mean R^s` by eq. (7), and with
+per-feature regularization on, as in the authors' code (the paper is
+silent), `r = lambda_r * mean R^s + (1 - lambda_r) * mean R^k`, the mean of
+R^k over every attended location inside the level cap and every example
+(`tnet_loss`'s "baseline_reward"). Every advantage, R^s - b and R^k - b,
+uses the same b, as it was before that step's update.
 """
 from __future__ import annotations
 
@@ -106,7 +110,9 @@ def tnet_loss(outputs: Dict, labels, baseline, weights: LossWeights) -> Dict[str
 
     Returns [N] tensors: "total" (the weighted sum that is minimised),
     "classification" (-log p(y | l, x)), "reinforce" (main REINFORCE
-    surrogate), "reward" (R^s) and, when per-feature regularization is on,
+    surrogate), "reward" (R^s), "baseline_reward" (what feeds the baseline:
+    R^s, or with per-feature regularization lambda_r R^s + (1 - lambda_r)
+    times the mean R^k) and, when per-feature regularization is on,
     "feature_classification" and "feature_reinforce" (the per-feature
     terms averaged over the features / locations in the level cap) and
     "feature_reward" (the mean R^k over those locations).
@@ -118,6 +124,7 @@ def tnet_loss(outputs: Dict, labels, baseline, weights: LossWeights) -> Dict[str
         "classification": classification_loss(outputs["logits"], labels),
         "reinforce": reinforce_loss(tf.reduce_sum(log_probs, axis=-1), main_reward, baseline),
         "reward": main_reward,
+        "baseline_reward": main_reward,
     }
     total = (weights.lambda_c * terms["classification"]
              + weights.lambda_f * weights.lambda_r * terms["reinforce"])
@@ -137,6 +144,10 @@ def tnet_loss(outputs: Dict, labels, baseline, weights: LossWeights) -> Dict[str
                                           feature_reward, baseline)
             terms["feature_reinforce"] = tf.reduce_mean(per_location, axis=1)
             terms["feature_reward"] = tf.reduce_mean(feature_reward, axis=1)
+            # Every example has as many locations in the cap, so the global mean of
+            # this per-example mix is lambda_r mean R^s + (1 - lambda_r) mean R^k.
+            terms["baseline_reward"] = (weights.lambda_r * main_reward
+                                        + (1.0 - weights.lambda_r) * terms["feature_reward"])
         else:
             terms["feature_reinforce"] = tf.zeros_like(main_reward)
         total += ((1.0 - weights.lambda_c) * terms["feature_classification"]

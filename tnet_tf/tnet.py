@@ -209,8 +209,10 @@ class TNet(tf.keras.Model):
             if level > len(locations):
                 break
             grid = tf.gather(tf.gather(feature_map, self.grid_rows, axis=1), self.grid_cols, axis=2)
-            log_probs = tf.nn.log_softmax(self.location_module(
-                grid, context=tf.reshape(vector, [-1, vector.shape[-1]])), axis=-1)
+            context = tf.reshape(vector, [-1, vector.shape[-1]])
+            if training and config.location_stop_gradient:
+                grid, context = tf.stop_gradient(grid), tf.stop_gradient(context)
+            log_probs = tf.nn.log_softmax(self.location_module(grid, context=context), axis=-1)
             distributions.append(tf.reshape(tf.exp(log_probs), [batch, count, n * n]))
             k = locations[level - 1]
             if k == 0:

@@ -12,7 +12,7 @@ batch: the per-example losses are summed and divided by the global batch
 (`tf.nn.compute_average_loss`), the weight decay is split across replicas
 (`tf.nn.scale_regularization_loss`), the gradients are summed by the
 optimizer's all-reduce, the baseline is updated once from the global mean
-reward (an all-reduce in the replica context; every replica computes the
+of its reward (`losses`; an all-reduce in the replica context; every replica computes the
 same value and the variable keeps the first replica's), and Keras metrics
 sum their state across replicas.
 """
@@ -97,7 +97,8 @@ SCHEDULES = ("drop", "cosine")
 
 def make_optimizer(learning_rate: float, total_steps: int, drop_at: float = 0.8,
                    factor: float = 0.1, schedule: str = "drop") -> tf.keras.optimizers.Optimizer:
-    """Adam (beta1 0.9, beta2 0.999, eps 1e-8) with the learning rate either
+    """Adam (beta1 0.9, beta2 0.999, eps 1e-7: the Keras defaults the authors
+    used) with the learning rate either
     dropped once by `factor` at `drop_at` of the training steps ("drop", the
     paper's recipes) or decayed to 0 along a cosine over `total_steps`
     ("cosine")."""
@@ -107,7 +108,7 @@ def make_optimizer(learning_rate: float, total_steps: int, drop_at: float = 0.8,
         rate = DropOnceSchedule(learning_rate, total_steps, drop_at, factor)
     else:
         raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}")
-    return tf.keras.optimizers.Adam(rate, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
+    return tf.keras.optimizers.Adam(rate, beta_1=0.9, beta_2=0.999, epsilon=1e-7)
 
 
 def current_learning_rate(optimizer) -> tf.Tensor:
@@ -272,7 +273,8 @@ def train_step(model, data):
         if _loss_scaler(model) is not None:
             loss = _loss_scaler(model).get_scaled_loss(loss)
     _apply_gradients(model, tape, loss)
-    model.baseline.assign(losses.update_baseline(model.baseline, global_mean(terms["reward"])))
+    model.baseline.assign(losses.update_baseline(model.baseline,
+                                                 global_mean(terms["baseline_reward"])))
     model.training_metrics.update(
         terms, outputs, labels, penalty, baseline=model.baseline, learning_rate=learning_rate,
         locations_per_image=outputs["locations"].shape[1])

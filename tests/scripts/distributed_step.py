@@ -39,6 +39,31 @@ def build(strategy, weights=None):
     return model
 
 
+def reinforce_gradients(strategy, model, images, labels):
+    """The largest |gradient| of the REINFORCE terms alone (training mode) on the
+    backbone and on the location module, over the replicas."""
+    def step(images, labels):
+        with tf.GradientTape() as tape:
+            out = model(images, training=True)
+            terms = tnet_tf.losses.tnet_loss(out, labels, model.baseline,
+                                             model.training_options.loss_weights)
+            loss = tf.nn.compute_average_loss(terms["reinforce"] + terms["feature_reinforce"])
+        parts = (model.backbone.trainable_variables, model.location_module.trainable_variables)
+        grads = tape.gradient(loss, parts[0] + parts[1])
+        largest = [tf.reduce_max([tf.reduce_max(tf.abs(g)) if g is not None else 0.0
+                                  for g in grads[:len(parts[0])]]),
+                   tf.reduce_max([tf.reduce_max(tf.abs(g)) for g in grads[len(parts[0]):]])]
+        return tf.stack(largest)
+
+    dataset = strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensor_slices((images, labels)).batch(4))
+    batch = next(iter(dataset))
+    per_replica = strategy.experimental_local_results(strategy.run(step, args=batch))
+    backbone, location = np.max([value.numpy() for value in per_replica], axis=0)
+    return {"backbone": float(backbone), "location_module": float(location),
+            "replicas": len(per_replica)}
+
+
 def main():
     tf.keras.utils.set_random_seed(0)
     images = tf.random.stateless_uniform([8, 64, 64, 3], seed=[1, 2], minval=-1, maxval=1)
@@ -64,6 +89,8 @@ def main():
         "baseline": [float(distributed.baseline.numpy()), float(single.baseline.numpy())],
         "logs": logs,
         "replicas": mirrored.num_replicas_in_sync,
+        "reinforce_gradients": reinforce_gradients(mirrored, distributed, images[:4],
+                                                   labels[:4]),
     }), flush=True)
 
 
