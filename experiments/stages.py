@@ -136,9 +136,11 @@ def train(entry, stage: str, recipe: Recipe) -> None:
         lambda context: pipeline.make_dataset(config_in, context, skipped))
     callbacks = checkpoints.training_callbacks(folder, save_every=FLAGS.save_every)
     callbacks.append(pipeline.SkippedRecordsLogger(skipped))
-    print(f"{stage}: {recipe.epochs} epochs x {steps} steps of {recipe.global_batch_size} "
-          f"images ({examples} training examples)")
-    model.fit(data, epochs=recipe.epochs, steps_per_epoch=steps, callbacks=callbacks,
+    stopped = (f" (early stop: of a {recipe.epochs}-epoch schedule)"
+               if recipe.training_epochs < recipe.epochs else "")
+    print(f"{stage}: {recipe.training_epochs} epochs{stopped} x {steps} steps of "
+          f"{recipe.global_batch_size} images ({examples} training examples)")
+    model.fit(data, epochs=recipe.training_epochs, steps_per_epoch=steps, callbacks=callbacks,
               verbose=2 if FLAGS.smoke else 1)
     used = training.recalibrate_batch_norm(model, pipeline.make_dataset(config_in),
                                            RECALIBRATION_STEPS)

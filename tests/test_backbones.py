@@ -24,6 +24,21 @@ def test_bagnet77_endpoints_params_and_initialisation():
                if layer.name.endswith("_out"))
 
 
+def test_bagnet77_spatial_dropout_drops_the_512_output_channels():
+    # The authors drop channels of the last 1x1 conv's output (after its Leaky
+    # ReLU): in training whole channels of the pooled vector are exactly zero.
+    model = backbones.bagnet77(77, spatial_dropout=0.5)
+    dropout = model.get_layer("top_dropout")
+    assert dropout.input.shape[-1] == 512 and dropout.input.node.layer.name == "top_act"
+    images = tf.random.stateless_uniform([4, 77, 77, 3], seed=[1, 2], minval=-1, maxval=1)
+    tf.keras.utils.set_random_seed(0)
+    _, vector = model(images, training=True)
+    dropped = np.mean(vector.numpy() == 0.0, axis=1)
+    assert np.all((dropped > 0.35) & (dropped < 0.65)), dropped
+    _, inference = model(images, training=False)
+    assert not np.any(inference.numpy() == 0.0)
+
+
 def test_bagnet77_is_fully_convolutional_at_224():
     model = backbones.bagnet77(224)
     feature_map, vector = model(tf.zeros([1, 224, 224, 3]))

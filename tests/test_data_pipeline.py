@@ -80,9 +80,18 @@ def test_evaluation_is_one_ordered_pass_of_whole_resized_images(tmp_path):
     np.testing.assert_allclose(result[0][0][0], expected.numpy(), atol=1e-5)
 
 
-def test_per_dataset_evaluation_resize():
-    assert pipeline.input_config_for("fmow", file_pattern="x").eval_central_fraction is None
-    assert pipeline.input_config_for("imagenet", file_pattern="x").eval_central_fraction == 0.875
+def test_per_dataset_evaluation_resize(tmp_path):
+    # The authors evaluate every dataset on the whole image resized, ImageNet included.
+    for dataset in ("fmow", "imagenet", "cub", "nabirds", "digits"):
+        assert pipeline.input_config_for(dataset, file_pattern="x").eval_central_fraction is None
+    write_shards(tmp_path, num_shards=1, per_shard=2)
+    imagenet = pipeline.input_config_for(
+        "imagenet", file_pattern=str(tmp_path / "train-*"), image_size=32, batch_size=2,
+        training=False)
+    images = next(iter(pipeline.make_dataset(imagenet)))[0].numpy()
+    whole = tf.image.resize(tf.cast(tf.io.decode_jpeg(smooth_jpeg(0)), tf.float32) / 255.0,
+                            [32, 32]) * 2.0 - 1.0
+    np.testing.assert_allclose(images[0], whole.numpy(), atol=1e-5)
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
         pipeline.input_config_for("mnist", file_pattern="x")
 

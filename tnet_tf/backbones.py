@@ -99,9 +99,11 @@ def bagnet77(input_size: Optional[int] = 77, spatial_dropout: float = 0.0,
             shortcut = layers.Conv2D(channels, 1, strides=stride, name=f"{name}_shortcut")(shortcut)
         x = layers.Add(name=f"{name}_add")([y, shortcut])
         x = activation(f"{name}_out")(x)
-    x = layers.SpatialDropout2D(spatial_dropout, name="top_dropout")(x)
     x = layers.Conv2D(BAGNET77_FEATURES, 1, name="top_conv")(x)
     x = activation("top_act")(x)
+    # The authors' spatial dropout acts on the 512 channels of the last 1x1 conv
+    # (after its Leaky ReLU, before pooling), not on the 2048 channels entering it.
+    x = layers.SpatialDropout2D(spatial_dropout, name="top_dropout")(x)
     vector = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     return _with_two_outputs(inputs, vector, location_layer, "bagnet77")
 

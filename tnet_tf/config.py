@@ -32,7 +32,8 @@ class BackboneConfig:
         stochastic depth (Keras' `drop_connect_rate`: block b of B drops
         its residual branch with probability `stochastic_depth * b / B`).
       spatial_dropout: BagNet-77 only; drop probability of the spatial
-        dropout before the last 1x1 convolution.
+        dropout on the output of the last 1x1 convolution (512 channels,
+        after its Leaky ReLU, before pooling), as in the authors' code.
       leaky_relu_alpha: BagNet-77 only; negative slope of Leaky ReLU.
       pretrained: EfficientNet only; None (random init), "imagenet" (Keras
         download, needs internet) or the path of a Keras EfficientNet weight
