@@ -69,7 +69,20 @@ def test_classification_and_feature_weighting():
     assert not np.allclose(classifier(features, training=True).numpy(), logits.numpy())
 
     weighting = FeatureWeighting()
-    weights = weighting(tf.random.normal([3, 7, 1280]))
+    features = tf.random.normal([3, 7, 1280])
+    weights = weighting(features)
     assert weights.shape == (3, 7)
     np.testing.assert_allclose(weights.numpy().sum(axis=-1), 1.0, rtol=1e-5)
     assert np.all(weights.numpy() > 0)
+    # The authors' module in numpy: a squeeze-excitation gate over the mean
+    # feature (C -> C/4 SiLU -> C sigmoid) rescales the features, Dense(1), softmax.
+    (w1, b1), (w2, b2), (w3, b3) = [(layer.kernel.numpy(), layer.bias.numpy()) for layer in
+                                    (weighting.se_reduce, weighting.se_expand, weighting.score)]
+    assert w1.shape == (1280, 320) and w2.shape == (320, 1280) and w3.shape == (1280, 1)
+    x = features.numpy()
+    hidden = x.mean(axis=1) @ w1 + b1
+    gate = 1 / (1 + np.exp(-((hidden / (1 + np.exp(-hidden))) @ w2 + b2)))
+    scores = ((x * gate[:, None, :]) @ w3 + b3)[..., 0]
+    expected = np.exp(scores - scores.max(-1, keepdims=True))
+    np.testing.assert_allclose(weights.numpy(), expected / expected.sum(-1, keepdims=True),
+                               rtol=1e-4, atol=1e-6)

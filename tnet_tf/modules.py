@@ -151,17 +151,34 @@ class ClassificationModule(layers.Layer):
 class FeatureWeighting(layers.Layer):
     """Weights over the extracted features of an image, summing to 1.
 
-    Scores each feature with a linear layer and takes a softmax over the
-    features of the image. Input [B, F, D]; output weights [B, F].
+    As the authors' CUB / NABirds models: a squeeze-excitation gate (the mean
+    over the features, Dense(C / 4) with SiLU, Dense(C) with sigmoid)
+    rescales every feature, then Dense(1) scores each rescaled feature and
+    a softmax over the features of the image gives the weights (the
+    features themselves are averaged unscaled). Input [B, F, C]; output
+    weights [B, F].
     """
 
     def __init__(self, initializer: str = "efficientnet", **kwargs):
         super().__init__(**kwargs)
         self.initializer = initializer
-        self.score = layers.Dense(1, kernel_initializer=dense_initializer(initializer), name="score")
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        self.se_reduce = layers.Dense(max(1, channels // 4), activation="swish",
+                                      kernel_initializer=dense_initializer(self.initializer),
+                                      name="se_reduce")
+        self.se_expand = layers.Dense(channels, activation="sigmoid",
+                                      kernel_initializer=dense_initializer(self.initializer),
+                                      name="se_expand")
+        self.score = layers.Dense(1, kernel_initializer=dense_initializer(self.initializer),
+                                  name="score")
+        super().build(input_shape)
 
     def call(self, features):
-        return tf.nn.softmax(tf.cast(self.score(features)[..., 0], tf.float32), axis=-1)
+        gate = self.se_expand(self.se_reduce(tf.reduce_mean(features, axis=1)))   # [B, C]
+        scores = self.score(features * gate[:, None, :])[..., 0]
+        return tf.nn.softmax(tf.cast(scores, tf.float32), axis=-1)
 
     def get_config(self):
         return {**super().get_config(), "initializer": self.initializer}
