@@ -11,7 +11,14 @@ whose arrangement is the label (4 classes: horizontal pairs equal,
 vertical pairs equal, horizontal pairs opposite, vertical pairs opposite).
 The 3x subsampling of level 1 all but destroys the pair structure, so the
 label needs the marked cell at full resolution. The other cells hold
-weak noise. Reported: the hit rate of the top-1 location on the marked cell
+weak noise. Training attends 3 of the 9 cells per image, the first quarter
+of the steps at random (`random_warmup_steps`), so that the classifier
+sees the marked cell before the top-k policy can settle; the backbone
+uses batch normalisation, which learns the texture several times faster
+than group normalisation. With 1 training location, group normalisation
+and no warm-up, the top-k policy locked onto unmarked cells before the
+classifier could read the texture (seeds 0-2, the authors' learning rule);
+as set here, seeds 0-4 all reach a hit rate of 1.00. Reported: the hit rate of the top-1 location on the marked cell
 (chance 1/9), and top-1 accuracy with 0 and 1 locations, before and after
 training, with per-feature regularization (lambda_c = lambda_r = 0.3) and
 without it (eq. 1). On 2 shared CPU cores 300 steps take about a minute
@@ -31,6 +38,7 @@ from tnet_tf import training
 from tnet_tf.config import BackboneConfig
 
 SIZE, CELL, GRID, CLASSES = 96, 32, 3, 4
+TRAINING_LOCATIONS = 3
 VARIANTS = {"per_feature": dict(lambda_c=0.3, lambda_r=0.3),
             "no_per_feature": dict(lambda_c=1.0, lambda_r=1.0)}
 
@@ -59,9 +67,9 @@ def make_task(count: int, seed: int):
 
 def tiny_tnet() -> tnet_tf.TNet:
     config = tnet_tf.TNetConfig(
-        num_classes=CLASSES, backbone=BackboneConfig(name="compact", width=8),
+        num_classes=CLASSES, backbone=BackboneConfig(name="compact", width=8, norm="batch"),
         base_resolution=CELL, input_size=SIZE, grid_size=GRID, cell_fraction=1.0 / GRID,
-        locations=(1,), location_width=16, location_se_width=8, code_size=24, dropout=0.0)
+        locations=(TRAINING_LOCATIONS,), location_width=16, location_se_width=8, code_size=24, dropout=0.0)
     return tnet_tf.TNet(config)
 
 
@@ -90,7 +98,7 @@ def run(variant: str = "per_feature", steps: int = 400, batch: int = 32,
     model(test[0][:1], locations=[1])
     before = evaluate(model, *test)
     model.compile(training.make_optimizer(learning_rate, steps), lambda_f=lambda_f,
-                  **VARIANTS[variant])
+                  random_warmup_steps=steps // 4, **VARIANTS[variant])
     dataset = (tf.data.Dataset.from_tensor_slices(train[:2]).shuffle(4096, seed=seed)
                .repeat().batch(batch, drop_remainder=True))
     started = time.time()

@@ -1,7 +1,7 @@
 """The policy learns to attend the one cell that carries the label.
 
 Runs `experiments.benchmark_learning` (per-feature regularization on) with a
-small CPU budget: 400 steps of batch 32 (about a minute on 2 shared cores).
+small CPU budget: 400 steps of batch 32 (about 30 s on 2 shared cores).
 The ablation without per-feature regularization is reported by
 `python -m experiments.benchmark_learning`.
 """

@@ -187,14 +187,14 @@ def compact_cnn(input_size: Optional[int] = 32, width: int = 16, dropout: float 
     norm="group" (the default): group normalisation with `norm_groups`
     groups, statistics per image. TNet runs the backbone once per level, so
     per-image statistics keep training and inference identical at every
-    level and need no synchronisation between replicas. On the learning
-    benchmark one group finds the cell where four let the policy collapse.
+    level and need no synchronisation between replicas.
 
     norm="batch": `LevelBatchNormalization`, batch normalisation with moving
     statistics per TNet level. It learns much faster on small objects:
     classifying 64 px cells that hold an 8 px digit somewhere (width 16,
     Adam 1e-3, batch 64), it reached 55 % training accuracy after
-    400 steps where group norm was at 19 %. The digits demo uses it.
+    400 steps where group norm was at 19 %. The digits demo and the
+    learning benchmark use it.
     """
     if width < 1 or norm_groups < 1 or (norm == "group" and width % norm_groups):
         raise ValueError(f"compact backbone width must be a positive multiple of its "
