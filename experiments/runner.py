@@ -78,7 +78,8 @@ def define_flags(entry: Entry, default_stage: str, extra_stages: Sequence[str] =
                        ("lambda_f", float), ("lambda_c", float), ("lambda_r", float),
                        ("dropout", float), ("stochastic_depth", float),
                        ("weight_decay", float), ("input_size", int),
-                       ("random_warmup_steps", int)):
+                       ("random_warmup_steps", int), ("contrastive_weight", float),
+                       ("contrastive_margin", float)):
         define = flags.DEFINE_float if kind is float else flags.DEFINE_integer
         define(name, None, f"Override the recipe's {name}.")
     flags.DEFINE_enum("lr_schedule", None, ["drop", "cosine"], "Override the recipe's "
@@ -106,7 +107,8 @@ def resolve_recipe(recipe: Recipe) -> Recipe:
     for name in ("learning_rate", "backbone_learning_rate", "lambda_f", "lambda_c", "lambda_r",
                  "dropout", "stochastic_depth", "weight_decay", "input_size", "epochs",
                  "global_batch_size", "backbone", "pretrained", "random_warmup_steps",
-                 "lr_schedule", "location_stop_gradient"):
+                 "lr_schedule", "location_stop_gradient", "contrastive_weight",
+                 "contrastive_margin"):
         value = getattr(FLAGS, name)
         if value is not None:
             changes[name] = value

@@ -96,7 +96,9 @@ def compile_model(model, recipe: Recipe, total_steps: int) -> None:
                       lambda_r=recipe.lambda_r, max_feature_level=recipe.max_feature_level,
                       locations=recipe.locations, weight_decay=recipe.weight_decay,
                       backbone_optimizer=backbone_optimizer,
-                      random_warmup_steps=recipe.random_warmup_steps, run_eagerly=FLAGS.smoke)
+                      random_warmup_steps=recipe.random_warmup_steps,
+                      contrastive_weight=recipe.contrastive_weight,
+                      contrastive_margin=recipe.contrastive_margin, run_eagerly=FLAGS.smoke)
         return
     if recipe.weight_decay:
         model.add_loss(lambda: training.l2_penalty(training.decayed_variables(model),
@@ -106,7 +108,8 @@ def compile_model(model, recipe: Recipe, total_steps: int) -> None:
                   loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=[tf.keras.metrics.SparseCategoricalAccuracy("top1"),
                            tf.keras.metrics.SparseTopKCategoricalAccuracy(top5, "top5")],
-                  run_eagerly=FLAGS.smoke)
+                  contrastive_weight=recipe.contrastive_weight,
+                  contrastive_margin=recipe.contrastive_margin, run_eagerly=FLAGS.smoke)
 
 
 def train(entry, stage: str, recipe: Recipe) -> None:

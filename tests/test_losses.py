@@ -209,3 +209,61 @@ def test_loss_weights_are_checked():
     with pytest.raises(ValueError, match="max_feature_level"):
         LossWeights(max_feature_level=0)
     assert not LossWeights().per_feature and LossWeights(lambda_r=0.3).per_feature
+
+
+def _contrastive_by_hand(features, labels, margin):
+    """The authors' loss, pair by pair: the mean over all (i, j) of the batch."""
+    unit = (features + 1e-10) / np.linalg.norm(features + 1e-10, axis=-1, keepdims=True)
+    total = 0.0
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            cosine = float(unit[i] @ unit[j])
+            total += 1 - cosine if labels[i] == labels[j] else max(cosine - margin, 0.0)
+    return total / len(labels) ** 2
+
+
+def test_contrastive_loss_matches_the_pairs_by_hand():
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=[6, 5]).astype(np.float32)
+    features[1] = features[0] + 0.1                  # a close pair of different classes
+    labels = np.array([0, 1, 0, 2, 1, 0])
+    for margin in (0.4, -0.2):
+        per_example = losses.contrastive_loss(features, labels, margin).numpy()
+        assert per_example.shape == (6,)
+        np.testing.assert_allclose(per_example.mean(), _contrastive_by_hand(features, labels, margin),
+                                   rtol=1e-5)
+    # Identical features of one class cost nothing; orthogonal ones of two classes neither.
+    assert losses.contrastive_loss(np.ones([3, 4]), [2, 2, 2], 0.4).numpy().max() < 1e-6
+    assert losses.contrastive_loss(np.eye(2), [0, 1], 0.0).numpy().max() < 1e-6
+
+
+def test_tnet_loss_adds_the_weighted_contrastive_term_on_the_pooled_features(model):
+    images = tf.random.stateless_uniform([4, 128, 128, 3], seed=[1, 2], minval=-1, maxval=1)
+    labels = np.array([1, 3, 1, 0])
+    outputs = model(images, locations=LOCATIONS, training=False)
+    np.testing.assert_allclose(outputs["pooled_features"].numpy(),
+                               outputs["features"].numpy().mean(axis=1), rtol=1e-5, atol=1e-6)
+    plain = losses.tnet_loss(outputs, labels, 0.5, LossWeights())
+    weighted = losses.tnet_loss(outputs, labels, 0.5, LossWeights(contrastive_weight=100.0))
+    expected = 100.0 * _contrastive_by_hand(outputs["pooled_features"].numpy(), labels, 0.4)
+    np.testing.assert_allclose(weighted["contrastive"].numpy().mean(), expected, rtol=1e-4)
+    np.testing.assert_allclose(weighted["total"].numpy(),
+                               plain["total"].numpy() + weighted["contrastive"].numpy(), rtol=1e-5)
+    assert "contrastive" not in plain
+    with pytest.raises(ValueError, match="contrastive_weight"):
+        LossWeights(contrastive_weight=-1.0)
+
+
+def test_baseline_classifier_fit_adds_the_contrastive_loss():
+    tf.keras.utils.set_random_seed(0)
+    baseline = tnet_tf.Classifier(tiny_config(), input_size=64)
+    baseline.compile(tf.keras.optimizers.SGD(0.0), contrastive_weight=100.0,
+                     loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    images = tf.random.stateless_uniform([4, 64, 64, 3], seed=[3, 4], minval=-1, maxval=1)
+    labels = np.array([0, 1, 0, 4])
+    logits, pooled = baseline(images, training=True, return_features=True)
+    cross_entropy = losses.classification_loss(logits, labels).numpy().mean()
+    contrastive = 100.0 * _contrastive_by_hand(pooled.numpy(), labels, 0.4)
+    result = baseline.train_on_batch(images, labels, return_dict=True)
+    np.testing.assert_allclose(result["contrastive"], contrastive, rtol=1e-4)
+    np.testing.assert_allclose(result["loss"], cross_entropy + contrastive, rtol=1e-4)

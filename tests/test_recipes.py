@@ -15,3 +15,11 @@ def test_imagenet_baseline_is_the_200_epoch_schedule_stopped_after_175():
     assert recipe.training_epochs == 175
     assert recipes.IMAGENET["train"].training_epochs == recipes.IMAGENET["train"].epochs == 200
     assert recipe.replace(epochs=2).training_epochs == 2
+
+
+def test_fine_grained_runs_use_the_contrastive_loss_and_the_others_do_not():
+    for table in (recipes.CUB, recipes.NABIRDS):
+        for recipe in table.values():          # TNet and the EfficientNet baseline alike
+            assert (recipe.contrastive_weight, recipe.contrastive_margin) == (100.0, 0.4)
+    for table in (recipes.FMOW, recipes.IMAGENET, recipes.DIGITS):
+        assert all(recipe.contrastive_weight == 0 for recipe in table.values())

@@ -61,16 +61,26 @@ class LossWeights:
         per-location REINFORCE terms.
       max_feature_level: only features of levels <= this enter per-feature
         regularization; None uses every level.
+      contrastive_weight, contrastive_margin: the auxiliary contrastive
+        loss of the authors' CUB / NABirds runs (`contrastive_loss`; weight
+        100, margin 0.4 there); weight 0 turns it off.
     """
 
     lambda_f: float = 0.1
     lambda_c: float = 1.0
     lambda_r: float = 1.0
     max_feature_level: Optional[int] = None
+    contrastive_weight: float = 0.0
+    contrastive_margin: float = 0.4
 
     def __post_init__(self):
         if self.lambda_f < 0:
             raise ValueError(f"lambda_f must be >= 0, got {self.lambda_f}")
+        if self.contrastive_weight < 0:
+            raise ValueError(f"contrastive_weight must be >= 0, got {self.contrastive_weight}")
+        if not -1.0 <= self.contrastive_margin <= 1.0:
+            raise ValueError(f"contrastive_margin is a cosine, in [-1, 1]; got "
+                             f"{self.contrastive_margin}")
         for name in ("lambda_c", "lambda_r"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -94,6 +104,24 @@ def rewards(logits, labels):
     return tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32)
 
 
+def contrastive_loss(features, labels, margin: float):
+    """Per-example terms of the authors' contrastive loss [N] on a batch of
+    features [N, D]: with c the cosine similarity of two L2-normalised
+    features (1e-10 added first, as the authors' code), row i is the mean
+    over every j of the batch, i itself included, of `1 - c_ij` when the
+    labels agree and `max(c_ij - margin, 0)` when they differ. Their mean
+    over the batch is the authors' loss (the mean over all pairs of a
+    replica's batch); summed and divided by the global batch, as `train_step`
+    does, it is that loss averaged over replicas, as the authors' runs.
+    """
+    features = tf.math.l2_normalize(tf.cast(features, tf.float32) + 1e-10, axis=-1)
+    cosine = tf.matmul(features, features, transpose_b=True)
+    labels = tf.cast(labels, tf.int32)
+    same = tf.cast(tf.equal(labels[:, None], labels[None, :]), tf.float32)
+    pairs = same * (1.0 - cosine) + (1.0 - same) * tf.maximum(cosine - margin, 0.0)
+    return tf.reduce_mean(pairs, axis=1)
+
+
 def reinforce_loss(log_probs, reward, baseline):
     """-(R - b) log p(l | x) with R - b held constant: the REINFORCE surrogate."""
     advantage = tf.stop_gradient(tf.cast(reward, tf.float32) - tf.cast(baseline, tf.float32))
@@ -115,7 +143,9 @@ def tnet_loss(outputs: Dict, labels, baseline, weights: LossWeights) -> Dict[str
     times the mean R^k) and, when per-feature regularization is on,
     "feature_classification" and "feature_reinforce" (the per-feature
     terms averaged over the features / locations in the level cap) and
-    "feature_reward" (the mean R^k over those locations).
+    "feature_reward" (the mean R^k over those locations), and with
+    `contrastive_weight` > 0 "contrastive" (`contrastive_loss` of the
+    pooled features, weighted).
     """
     labels = tf.cast(labels, tf.int32)
     log_probs = outputs["location_log_probs"]                        # [N, A]
@@ -152,6 +182,10 @@ def tnet_loss(outputs: Dict, labels, baseline, weights: LossWeights) -> Dict[str
             terms["feature_reinforce"] = tf.zeros_like(main_reward)
         total += ((1.0 - weights.lambda_c) * terms["feature_classification"]
                   + weights.lambda_f * (1.0 - weights.lambda_r) * terms["feature_reinforce"])
+    if weights.contrastive_weight:
+        terms["contrastive"] = weights.contrastive_weight * contrastive_loss(
+            outputs["pooled_features"], labels, weights.contrastive_margin)
+        total += terms["contrastive"]
     terms["total"] = total
     return terms
 

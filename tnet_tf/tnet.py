@@ -87,6 +87,7 @@ class TNet(tf.keras.Model):
       logits: [B, classes], from the averaged (or weighted) features.
       feature_logits: [B, F, classes], each feature classified alone.
       features: [B, F, D], the position-encoded features.
+      pooled_features: [B, D], their (weighted) average, which the classifier reads.
       feature_weights: [B, F], the weights of the features (sum to 1).
       feature_levels: [F] int32, the level of each feature.
       feature_parents: [F] int32, the feature whose grid each feature's
@@ -245,6 +246,7 @@ class TNet(tf.keras.Model):
             "logits": self.classifier(pooled, training=training),
             "feature_logits": self.classifier(encoded, training=training),
             "features": encoded,
+            "pooled_features": pooled,
             "feature_weights": weights,
             "feature_levels": tf.constant(levels, tf.int32),
             "feature_parents": tf.constant(parents, tf.int32),
@@ -263,7 +265,8 @@ class TNet(tf.keras.Model):
                 locations: Optional[Sequence[int]] = None,
                 evaluation_locations: Optional[Sequence[int]] = None,
                 weight_decay: float = 0.0, backbone_optimizer=None,
-                random_warmup_steps: int = 0, **kwargs):
+                random_warmup_steps: int = 0, contrastive_weight: float = 0.0,
+                contrastive_margin: float = 0.4, **kwargs):
         """Sets the learning rule of `fit` (see `losses` and `training`).
 
         lambda_f, lambda_c, lambda_r: eq. (2); lambda_c = lambda_r = 1 is
@@ -274,11 +277,14 @@ class TNet(tf.keras.Model):
         (batch norm excluded). backbone_optimizer: an optional second
         optimizer (e.g. a lower learning rate) for the backbone variables.
         random_warmup_steps: the first optimizer steps attend uniformly
-        random cells (see `training.TrainingOptions`).
+        random cells (see `training.TrainingOptions`). contrastive_weight,
+        contrastive_margin: the authors' auxiliary contrastive loss on the
+        pooled features (`losses.contrastive_loss`; 0 turns it off).
         Creates the baseline b (0.5) on first compile; recompiling keeps it.
         """
         super().compile(optimizer=optimizer, **kwargs)
-        weights = losses.LossWeights(lambda_f, lambda_c, lambda_r, max_feature_level)
+        weights = losses.LossWeights(lambda_f, lambda_c, lambda_r, max_feature_level,
+                                     contrastive_weight, contrastive_margin)
         self.training_options = training.TrainingOptions(
             weights, monte_carlo_samples, selection,
             self.resolve_locations(locations),
@@ -327,7 +333,43 @@ class Classifier(tf.keras.Model):
         self.classifier = ClassificationModule(config.num_classes, config.dropout,
                                                config.initializer, name="classifier")
 
-    def call(self, images, training=None):
+    def compile(self, optimizer="adam", *, contrastive_weight: float = 0.0,
+                contrastive_margin: float = 0.4, **kwargs):
+        """Keras `compile`; contrastive_weight > 0 adds the authors' contrastive
+        loss on the pooled backbone features (`losses.contrastive_loss`, as
+        their CUB / NABirds baselines) to the compiled loss in `fit`."""
+        super().compile(optimizer=optimizer, **kwargs)
+        self.contrastive = losses.LossWeights(contrastive_weight=contrastive_weight,
+                                              contrastive_margin=contrastive_margin)
+        self.contrastive_tracker = (tf.keras.metrics.Mean("contrastive")
+                                    if contrastive_weight else None)
+
+    @property
+    def metrics(self):
+        tracker = getattr(self, "contrastive_tracker", None)
+        return super().metrics + ([tracker] if tracker is not None else [])
+
+    def train_step(self, data):
+        if getattr(self, "contrastive_tracker", None) is None:
+            return super().train_step(data)
+        images, labels, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            logits, pooled = self(images, training=True, return_features=True)
+            contrastive = self.contrastive.contrastive_weight * losses.contrastive_loss(
+                pooled, labels, self.contrastive.contrastive_margin)
+            # Keras' `compute_loss` with the replica's mean contrastive loss as one
+            # more regularization loss: it enters the "loss" metric, and Keras
+            # scales it per replica like the others.
+            loss = self.compiled_loss(labels, logits, sample_weight,
+                                      regularization_losses=self.losses
+                                      + [tf.reduce_mean(contrastive)])
+        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
+        self.contrastive_tracker.update_state(contrastive)
+        return self.compute_metrics(images, labels, logits, sample_weight)
+
+    def call(self, images, training=None, return_features=False):
+        """Logits [B, classes]; with return_features also the pooled backbone
+        features [B, D] the classifier reads."""
         images = tf.convert_to_tensor(images)
         expected = (self.input_size, self.input_size, 3)
         if images.shape.rank != 4 or any(
@@ -335,7 +377,8 @@ class Classifier(tf.keras.Model):
             raise ValueError(f"images must have shape [batch, {self.input_size}, "
                              f"{self.input_size}, 3]; got {images.shape}")
         _, vector = self.backbone(images, training=training)
-        return self.classifier(vector, training=training)
+        logits = self.classifier(vector, training=training)
+        return (logits, vector) if return_features else logits
 
     def get_config(self):
         return {"config": self.config.to_dict(), "input_size": self.input_size}

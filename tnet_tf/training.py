@@ -189,6 +189,8 @@ class TrainingMetrics:
         names = ["loss", "classification", "reinforce", "reward"]
         if weights.per_feature:
             names += ["feature_classification", "feature_reinforce", "feature_reward"]
+        if weights.contrastive_weight:
+            names.append("contrastive")
         if options.weight_decay:
             names.append("weight_decay")
         self.means = {name: tf.keras.metrics.Mean(name) for name in names}
