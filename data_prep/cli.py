@@ -63,7 +63,7 @@ def run(list_split: Callable[[str, str, ProblemLog], list], prefixes: Dict[str, 
             log = ProblemLog(options.strict)
             items = list_split(FLAGS.input_dir, name, log)
             splits.append(shards.Split(name, prefixes[name], FLAGS[f"{name}_shards"].value,
-                                       class_names, items, log.problems))
+                                       class_names, items, log.problems, log.ignored))
         reports = shards.convert(splits, options)
     except (BadInputError, ValueError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
@@ -71,4 +71,5 @@ def run(list_split: Callable[[str, str, ProblemLog], list], prefixes: Dict[str, 
         print(json.dumps({"split": name, "images": report["images"],
                           "examples": report["examples"], "boxes": report["boxes"],
                           "skipped": len(report["skipped"]), "fixed": len(report["fixed"]),
+                          "ignored": sum(report["ignored"].values()),
                           "report": os.path.join(options.output_dir, f"{name}_report.json")}))

@@ -45,6 +45,16 @@ LABELS = {name: index for index, name in enumerate(CLASSES)}
 PREFIXES = {"train": "train", "val": "validation", "test": "test"}
 DEFAULT_SHARDS = {"train": 512, "val": 128, "test": 128}
 MAPPING_FILE = "test_gt_mapping.json"
+RGB_SUFFIX = "_rgb.jpg"
+MSRGB_REASON = "multispectral render (*_msrgb.jpg, *_msrgb.json): not used"
+
+
+def _rgb_images(pattern: str, log: ProblemLog) -> List[str]:
+    """The `*_rgb.jpg` files of a folder glob; the `*_msrgb.*` files beside
+    them are counted as ignored."""
+    log.ignore(MSRGB_REASON, len(glob.glob(pattern + "_msrgb.jpg"))
+               + len(glob.glob(pattern + "_msrgb.json")))
+    return sorted(glob.glob(pattern + RGB_SUFFIX))
 
 
 def list_split(root: str, split: str, log: ProblemLog) -> List[Item]:
@@ -57,7 +67,7 @@ def list_split(root: str, split: str, log: ProblemLog) -> List[Item]:
                                 f"for {split})")
     items = []
     for category in sorted(os.listdir(split_dir)):
-        images = sorted(glob.glob(os.path.join(split_dir, category, "*", "*.jpg")))
+        images = _rgb_images(os.path.join(split_dir, category, "*", "*"), log)
         for image in images:
             filename = os.path.relpath(image, root)
             if category not in LABELS:
@@ -151,7 +161,7 @@ def _list_test(root: str, log: ProblemLog) -> List[Item]:
         raise FileNotFoundError(f"--input_dir: {test_dir} does not exist (--splits asks for test)")
     mapping = _read_mapping(root, log)
     items = []
-    for image in sorted(glob.glob(os.path.join(test_dir, "*", "*.jpg"))):
+    for image in _rgb_images(os.path.join(test_dir, "*", "*"), log):
         filename = os.path.relpath(image, root)
         folder = os.path.dirname(image)
         if os.path.realpath(folder) not in mapping:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import List
+from typing import Dict, List
 
 # Actions that leave the input out of the output; the others fixed it.
 SKIP_ACTION = "skipped"
@@ -32,6 +32,12 @@ class ProblemLog:
     def __init__(self, strict: bool = False):
         self.strict = strict
         self.problems: List[Problem] = []
+        # Inputs left out by design (not problems): a count per reason.
+        self.ignored: Dict[str, int] = {}
+
+    def ignore(self, reason: str, count: int = 1) -> None:
+        if count:
+            self.ignored[reason] = self.ignored.get(reason, 0) + count
 
     def add(self, file: str, reason: str, action: str) -> None:
         if self.strict:

@@ -11,7 +11,8 @@ it already skipped or fixed while listing) and calls `convert`. Then:
   shard whose file and report exist and whose fingerprint (items and
   options) matches;
 - `<output_dir>/<split>_report.json` gathers images, examples and boxes per
-  class, and every skipped or fixed input with its reason.
+  class, every skipped or fixed input with its reason, and the number of
+  files left out by design per reason ("ignored", e.g. fMoW's *_msrgb.jpg).
 """
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ class Split:
     class_names: Sequence[str]
     items: List[Item]
     problems: List[Problem] = dataclasses.field(default_factory=list)
+    ignored: Dict[str, int] = dataclasses.field(default_factory=dict)   # reason -> files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +171,7 @@ def _report(split: Split, parts: List[dict]) -> dict:
                     if counts["images"] or counts["examples"] or counts["boxes"]},
         "skipped": [p for p in problems if p["action"] == SKIP_ACTION],
         "fixed": [p for p in problems if p["action"] != SKIP_ACTION],
+        "ignored": dict(sorted(split.ignored.items())),
     }
 
 

@@ -36,9 +36,15 @@ class Expected:
     stored: Dict[str, Stored] = dataclasses.field(default_factory=dict)   # by image/filename
     # (file, reason substring, action) per split
     problems: Dict[str, List[Tuple[str, str, str]]] = dataclasses.field(default_factory=dict)
+    # files left out by design per split: {reason: count}
+    ignored: Dict[str, Dict[str, int]] = dataclasses.field(default_factory=dict)
 
     def problem(self, split, file, reason, action):
         self.problems.setdefault(split, []).append((file, reason, action))
+
+    def ignore(self, split, reason):
+        counts = self.ignored.setdefault(split, {})
+        counts[reason] = counts.get(reason, 0) + 1
 
 
 def pixels(height: int, width: int, seed: int) -> np.ndarray:
@@ -89,6 +95,18 @@ FMOW_TRAIN = ("airport", "barn", "zoo")
 FMOW_LABELS = {"airport": 0, "barn": 6, "zoo": 61, "park": 33, "dam": 12}
 
 
+def write_msrgb(root: str, rgb_stem: str, seed: int, expected: Expected) -> None:
+    """The multispectral render real fMoW-rgb folders hold beside an image
+    (`<stem>_msrgb.jpg` + .json, smaller): never converted, counted as ignored."""
+    from data_prep import fmow
+
+    stem = rgb_stem[:-len("_rgb")] + "_msrgb"
+    write(f"{root}/{stem}.jpg", jpeg(20, 24, seed))
+    write(f"{root}/{stem}.json", json.dumps({"bounding_boxes": [{"box": [1, 1, 4, 4]}]}))
+    for _ in range(2):
+        expected.ignore(stem.split("/")[0], fmow.MSRGB_REASON)
+
+
 def make_fmow(root: str) -> Expected:
     """train: 3 classes x 3 instances x 2 images + bad cases; val: 4; test via mapping."""
     expected = Expected()
@@ -106,6 +124,7 @@ def make_fmow(root: str) -> Expected:
                      "img_width": width, "img_height": height}))
                 expected.stored[f"{stem}.jpg"] = Stored(
                     FMOW_LABELS[category], [normalised(*box, width, height)])
+                write_msrgb(root, stem, 500 + seed, expected)
     label = FMOW_LABELS["airport"]
     # Bad metadata (the image itself is fine).
     os.remove(f"{root}/train/airport/airport_0/airport_0_1_rgb.json")
@@ -174,6 +193,7 @@ def make_fmow(root: str) -> Expected:
             {"bounding_boxes": [{"box": [4, 5, 20, 21], "category": category}]}))
         expected.stored[f"{stem}.jpg"] = Stored(FMOW_LABELS[category],
                                                 [normalised(4, 5, 20, 21, 44, 36)])
+        write_msrgb(root, stem, 550 + n, expected)
     _make_fmow_test(root, expected)
     return expected
 
@@ -193,6 +213,7 @@ def _make_fmow_test(root: str, expected: Expected) -> None:
             write(f"{root}/{truth}", json.dumps(
                 {"bounding_boxes": [{"box": box, "category": category}]}))
             expected.stored[image] = Stored(FMOW_LABELS[category], [normalised(*box, 42, 38)])
+            write_msrgb(root, image[:-len(".jpg")], 600 + 2 * index + k, expected)
     # Missing ground truth JSON for one image: stored without boxes.
     os.remove(f"{root}/test_gt/zoo/zoo_3/zoo_3_1_rgb.json")
     expected.stored["test/0000001/0000001_1_rgb.jpg"].boxes = []
@@ -253,8 +274,11 @@ def check_records(root, records, wanted: Dict[str, Stored], class_names) -> None
             assert record["encoded"] == expected_bytes(raw, stored.mode), name
 
 
-def check_report(report, wanted_problems, stored: Dict[str, Stored], class_names) -> None:
-    """Every expected problem listed (and no other); images and boxes per class."""
+def check_report(report, wanted_problems, stored: Dict[str, Stored], class_names,
+                 ignored: Optional[Dict[str, int]] = None) -> None:
+    """Every expected problem listed (and no other), the files ignored by
+    design counted apart; images and boxes per class."""
+    assert report["ignored"] == (ignored or {})
     listed = report["skipped"] + report["fixed"]
     assert len(listed) == len(wanted_problems), listed
     for file, reason, action in wanted_problems:

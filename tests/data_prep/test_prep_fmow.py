@@ -27,7 +27,7 @@ def convert(root, out, split_names=("train", "val", "test"), workers=1, strict=F
         log = ProblemLog(strict)
         items = fmow.list_split(root, name, log)
         splits.append(shards.Split(name, fmow.PREFIXES[name], num_shards, fmow.CLASSES, items,
-                                   log.problems))
+                                   log.problems, log.ignored))
     options = shards.Options(str(out), workers=workers, strict=strict, bbox_crops=bbox_crops,
                              max_min_dim=raw_trees.MAX_MIN_DIM, progress=False)
     return shards.convert(splits, options)
@@ -53,7 +53,7 @@ def test_records_and_report_match_the_raw_tree(converted, split):
     with open(out / f"{split}_report.json") as stream:
         assert json.load(stream) == reports[split]
     raw_trees.check_report(reports[split], expected.problems.get(split, []), wanted,
-                           list(fmow.CLASSES))
+                           list(fmow.CLASSES), expected.ignored.get(split))
 
 
 def test_no_temporary_files_left(converted):
