@@ -66,15 +66,39 @@ def test_train_jpeg_is_deterministic_eagerly_and_in_tf_data():
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_distort_color_keeps_unit_range_and_changes_the_image():
+def test_distort_color_changes_4_of_5_images_and_clips_once_at_the_end():
     image = augment.to_unit_range(noisy_image())
-    seeds = tf.random.experimental.stateless_split(tf.constant([1, 1], tf.int64), 16)
-    changed = 0
-    for seed in seeds:
+    seeds = tf.random.experimental.stateless_split(tf.constant([1, 1], tf.int64), 200)
+    unchanged = 0
+    for seed in seeds[:100]:
         out = augment.distort_color(image, seed)
         assert float(tf.reduce_min(out)) >= 0.0 and float(tf.reduce_max(out)) <= 1.0
-        changed += not np.allclose(out.numpy(), image.numpy())
-    assert changed == len(seeds)
+        unchanged += np.array_equal(out.numpy(), image.numpy())
+    assert 10 <= unchanged <= 30                         # the no-change case: p = 1/5
+    # By hand, with the same per-op seeds: the four ops in the drawn order,
+    # no clipping in between, one clip at the end.
+    bright = image * 0.2 + 0.75                          # brightness / contrast leave [0, 1]
+    by_hand = {"brightness": lambda x, s: tf.image.stateless_random_brightness(
+                   x, augment.BRIGHTNESS_MAX_DELTA, s),
+               "saturation": lambda x, s: tf.image.stateless_random_saturation(
+                   x, *augment.SATURATION_RANGE, s),
+               "hue": lambda x, s: tf.image.stateless_random_hue(x, augment.HUE_MAX_DELTA, s),
+               "contrast": lambda x, s: tf.image.stateless_random_contrast(
+                   x, *augment.CONTRAST_RANGE, s)}
+    slot = {"brightness": 1, "saturation": 2, "hue": 3, "contrast": 4}
+    checked = set()
+    for seed in seeds:
+        parts = augment.split_seed(seed, 5)
+        case = int(tf.random.stateless_uniform([], parts[0], 0, 5, dtype=tf.int32))
+        if case == 4 or case in checked:
+            continue
+        expected = bright
+        for name in augment.COLOR_ORDERS[case]:
+            expected = by_hand[name](expected, parts[slot[name]])
+        np.testing.assert_allclose(augment.distort_color(bright, seed).numpy(),
+                                   tf.clip_by_value(expected, 0.0, 1.0).numpy(), atol=1e-6)
+        checked.add(case)
+    assert checked == {0, 1, 2, 3}
 
 
 def test_eval_image_is_a_bilinear_resize_scaled_to_signed_range():

@@ -8,8 +8,10 @@ Training: a crop covering 85-100 % of the image area with aspect ratio
 0.5-2.0 (`sample_distorted_bounding_box`, min object covered 0.1); resize to
 the input size with one of 8 methods drawn uniformly (no antialias); random
 horizontal flip; brightness (max delta 32/255), saturation [0.5, 1.5], hue
-(max delta 0.2) and contrast [0.5, 1.5] in one of 4 orders; values scaled to
-[-1, 1]. Images between the steps are float32 in [0, 1].
+(max delta 0.2) and contrast [0.5, 1.5] in one of 4 orders, or no colour
+change, each of the 5 cases with probability 1/5 (as the authors' input
+code: 4 of 5 images are distorted), clipped to [0, 1] once at the end;
+values scaled to [-1, 1]. Images between the steps are float32 in [0, 1].
 """
 from __future__ import annotations
 
@@ -80,8 +82,18 @@ def random_flip(image, seed):
     return tf.image.stateless_random_flip_left_right(image, seed)
 
 
+COLOR_ORDERS = (("brightness", "saturation", "hue", "contrast"),
+                ("saturation", "brightness", "contrast", "hue"),
+                ("contrast", "hue", "brightness", "saturation"),
+                ("hue", "saturation", "contrast", "brightness"),
+                ())   # the fifth case: the colours are left as they are
+
+
 def distort_color(image, seed):
-    """Brightness, saturation, hue and contrast in one of 4 random orders; [0, 1] in and out."""
+    """Brightness, saturation, hue and contrast in one of the 4 orders of
+    `COLOR_ORDERS`, or unchanged, each case with probability 1/5; the
+    result is clipped to [0, 1] once, after the last operation, as the
+    authors' code (the intermediate values may leave [0, 1])."""
     seeds = split_seed(seed, 5)
     ops = {
         "brightness": lambda x: tf.image.stateless_random_brightness(
@@ -91,19 +103,15 @@ def distort_color(image, seed):
         "hue": lambda x: tf.image.stateless_random_hue(x, HUE_MAX_DELTA, seeds[3]),
         "contrast": lambda x: tf.image.stateless_random_contrast(x, *CONTRAST_RANGE, seeds[4]),
     }
-    orders = (("brightness", "saturation", "hue", "contrast"),
-              ("saturation", "brightness", "contrast", "hue"),
-              ("contrast", "hue", "brightness", "saturation"),
-              ("hue", "saturation", "contrast", "brightness"))
 
     def apply(order):
         result = image
         for name in order:
-            result = tf.clip_by_value(ops[name](result), 0.0, 1.0)
-        return result
+            result = ops[name](result)
+        return tf.clip_by_value(result, 0.0, 1.0) if order else result
 
-    index = tf.random.stateless_uniform([], seeds[0], 0, len(orders), dtype=tf.int32)
-    distorted = tf.switch_case(index, [lambda o=o: apply(o) for o in orders])
+    index = tf.random.stateless_uniform([], seeds[0], 0, len(COLOR_ORDERS), dtype=tf.int32)
+    distorted = tf.switch_case(index, [lambda o=o: apply(o) for o in COLOR_ORDERS])
     return tf.ensure_shape(distorted, image.shape)
 
 
