@@ -184,14 +184,29 @@ def evaluate_baseline(entry, model, stage: str, recipe: Recipe) -> None:
     print(open(paths["md"]).read())
 
 
+def saved_run(folder: str):
+    """The resolved recipe and model config a stage saved in `folder`/run.json."""
+    with open(os.path.join(folder, "run.json")) as handle:
+        info = json.load(handle)
+    def tuples(value):   # JSON lists back to the recipe's (nested) tuples
+        return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+
+    recipe = Recipe(**{k: tuples(v) for k, v in info["recipe"].items()})
+    return recipe, tnet_tf.TNetConfig.from_dict(info["model_config"])
+
+
+def trained_input_sizes(model_dir: str, tnet_stages) -> List[int]:
+    """The input sizes the TNet stages under `model_dir` were trained at, read
+    from their run.json (stages never run are left out), never from flags."""
+    return sorted({saved_run(os.path.join(model_dir, stage))[0].input_size
+                   for stage in tnet_stages
+                   if os.path.exists(os.path.join(model_dir, stage, "run.json"))})
+
+
 def restore(stage: str):
     """The trained model of `stage` (rebuilt from its saved config, with its
     final weights), its recipe and its config."""
-    with open(os.path.join(runner.stage_dir(stage), "run.json")) as handle:
-        info = json.load(handle)
-    recipe = Recipe(**{k: (tuple(v) if isinstance(v, list) else v)
-                       for k, v in info["recipe"].items()})
-    config = tnet_tf.TNetConfig.from_dict(info["model_config"])
+    recipe, config = saved_run(runner.stage_dir(stage))
     model = (tnet_tf.TNet(config) if recipe.model == "tnet"
              else tnet_tf.Classifier(config, input_size=recipe.input_size))
     model.load_weights(os.path.join(runner.final_checkpoint(stage), "weights")).expect_partial()
@@ -205,12 +220,14 @@ def _output_folder(tool_stage: str) -> str:
 
 
 def evaluation_plan(entry, config, recipe: Recipe) -> List[Tuple[int, Tuple[int, ...]]]:
-    """(input size, budget) pairs: each budget at the smallest stage size reaching it."""
+    """(input size, budget) pairs: each budget at the smallest size a trained
+    stage ran at that reaches it. The sizes come from the stages' saved
+    run.json; the flags of this command only choose the budgets."""
     texts = runner.budget_texts()
     budgets = ([runner.parse_budget(t, "budgets") for t in texts] if texts
                else [tuple(b) for b in recipe.evaluation_budgets])
-    sizes = sorted({runner.resolve_recipe(entry.recipes[s]).input_size
-                    for s in entry.tnet_stages} | {recipe.input_size})
+    sizes = sorted(set(trained_input_sizes(FLAGS.model_dir, entry.tnet_stages))
+                   | {recipe.input_size})
     plan = []
     for budget in budgets:
         levels = 1 + sum(1 for k in budget if k)

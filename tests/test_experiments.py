@@ -85,6 +85,25 @@ def _results(model_dir, stage):
         return json.load(handle)
 
 
+def test_evaluation_sizes_come_from_the_stages_saved_runs(tmp_path):
+    import dataclasses
+
+    import tnet_tf
+    from experiments import recipes, stages
+
+    config = tnet_tf.get_preset("fmow").to_dict()
+    for stage, size in (("train_448", 320), ("finetune_896", 640)):   # not the recipes' sizes
+        os.makedirs(tmp_path / stage)
+        recipe = recipes.FMOW[stage].replace(input_size=size)
+        with open(tmp_path / stage / "run.json", "w") as handle:
+            json.dump({"recipe": dataclasses.asdict(recipe), "model_config": config}, handle)
+    assert stages.trained_input_sizes(str(tmp_path), ["train_448", "finetune_896"]) == [320, 640]
+    # A stage that never ran has no size.
+    assert stages.trained_input_sizes(str(tmp_path), ["train_448", "baseline_224"]) == [320]
+    recipe, _ = stages.saved_run(str(tmp_path / "finetune_896"))
+    assert recipe == recipes.FMOW["finetune_896"].replace(input_size=640)
+
+
 @pytest.mark.slow
 def test_every_fmow_stage_runs_with_smoke(tmp_path):
     model_dir = str(tmp_path / "fmow")
@@ -96,7 +115,9 @@ def test_every_fmow_stage_runs_with_smoke(tmp_path):
         run("fmow", f"--stage={stage}", *smoke)
         row, = _results(model_dir, stage)
         assert 0.0 <= row["top1"] <= 100.0 and row["gflops"] > 0
-    run("fmow", "--stage=evaluate", "--export_attention", *smoke)
+    # Evaluate's own --input_size / --locations must not resize the trained stages.
+    run("fmow", "--stage=evaluate", "--export_attention", "--input_size=224", "--locations=1",
+        *smoke)
     rows = _results(model_dir, "evaluate")
     assert [r["locations"] for r in rows] == [[0], [1], [2], [3], [2, 1], [2, 2]]
     assert [r["input_size"] for r in rows] == [64, 64, 64, 64, 128, 128]
