@@ -78,7 +78,7 @@ def evaluate(model, images, labels, cells, batch: int = 200) -> dict:
     for start in range(0, len(images), batch):
         x = images[start:start + batch]
         one = model(x, locations=[1], training=False)
-        hits.append(one["locations"].numpy()[:, 0] == cells[start:start + batch])
+        hits.append(one["cells"].numpy()[:, 0] == cells[start:start + batch])
         correct[1].append(one["logits"].numpy().argmax(-1) == labels[start:start + batch])
         zero = model(x, locations=[0], training=False)["logits"].numpy()
         correct[0].append(zero.argmax(-1) == labels[start:start + batch])

@@ -94,18 +94,12 @@ def _parse_int(text: str, flag: str, minimum: int) -> int:
 
 def parse_budgets(values: Sequence[str]) -> List[Tuple[Optional[int], Tuple[int, ...]]]:
     """'--locations' values -> [(pinned input size or None, per-level budget)]."""
-    budgets = []
-    for value in values:
-        for item in value.split(";"):
-            item = item.strip()
-            if not item:
-                continue
-            size = None
-            if ":" in item:
-                size_text, item = item.split(":", 1)
-                size = _parse_int(size_text.strip(), "locations", 1)
-            budget = tuple(_parse_int(k, "locations", 0) for k in _split(item, "locations"))
-            budgets.append((size, budget))
+    from tnet_tf import budget  # pylint: disable=g-import-not-at-top
+
+    try:
+        budgets = [pair for value in values for pair in budget.parse_sized(value)]
+    except ValueError as error:
+        raise FlagError("locations", str(error)) from None
     if not budgets:
         raise FlagError("locations", "no budget given")
     return budgets
@@ -151,27 +145,17 @@ def plan_runs(preset: str, models: str, input_size: Optional[str],
     return runs
 
 
-def _check_tnet_budget(config, size: int, budget: Tuple[int, ...]) -> None:
-    import tnet_tf  # pylint: disable=g-import-not-at-top
+def _check_tnet_budget(config, size: int, locations: Tuple[int, ...]) -> None:
+    from tnet_tf import budget  # pylint: disable=g-import-not-at-top
 
-    text = ",".join(map(str, budget))
     if size < config.base_resolution:
         raise FlagError("input_size", f"{size} px is smaller than the {config.base_resolution} "
                                       f"px base resolution of TNet")
-    cells = config.grid_size ** 2
-    for level, k in enumerate(budget, start=2):
-        if k > cells:
-            raise FlagError("locations", f"{text}: level {level} asks for {k} locations; a "
-                                         f"{config.grid_size}x{config.grid_size} grid has "
-                                         f"{cells} cells")
-        if k and level > 2 and budget[level - 3] == 0:
-            raise FlagError("locations", f"{text}: level {level} attends cells while level "
-                                         f"{level - 1} attends none")
-    levels = 1 + sum(1 for k in budget if k > 0)
-    reachable = tnet_tf.reachable_levels(size, config.base_resolution, config.cell_fraction)
-    if levels > reachable:
-        raise FlagError("locations", f"{text} needs {levels} levels; {size} px images reach "
-                                     f"at most {reachable} (use a larger --input_size)")
+    try:
+        budget.check(locations, config.grid_size)
+        budget.check_reachable(locations, size, config.base_resolution, config.cell_fraction)
+    except ValueError as error:
+        raise FlagError("locations", str(error)) from None
 
 
 def parse_measures(text: str) -> Tuple[str, ...]:
@@ -196,7 +180,7 @@ def profile_run(preset: str, run: Run, measures: Sequence[str], batch_size: int,
                 num_batches: int, warmup_batches: int):
     """Builds the row's model and measures it; returns (ProfileRow, extra JSON fields)."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from tnet_tf import profiling  # pylint: disable=g-import-not-at-top
+    from tnet_tf import budget, profiling  # pylint: disable=g-import-not-at-top
 
     tf.keras.backend.clear_session()
     model, call_kwargs = build_model(preset, run)
@@ -218,7 +202,7 @@ def profile_run(preset: str, run: Run, measures: Sequence[str], batch_size: int,
             model, shape, batch_size, **call_kwargs)
     extra = {"preset": preset,
              "total_locations": (None if run.locations is None
-                                 else profiling.total_locations(run.locations))}
+                                 else budget.total_locations(run.locations))}
     if "time" in measures:
         extra.update(batch_size=batch_size, num_batches=num_batches,
                      warmup_batches=warmup_batches)

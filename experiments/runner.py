@@ -92,13 +92,11 @@ def define_flags(entry: Entry, default_stage: str, extra_stages: Sequence[str] =
 
 
 def parse_budget(text: str, flag: str) -> Tuple[int, ...]:
+    from tnet_tf import budget
     try:
-        budget = tuple(int(k) for k in text.split(","))
-    except ValueError:
-        raise FlagError(flag, f"{text!r} is not a comma list of integers") from None
-    if any(k < 0 for k in budget):
-        raise FlagError(flag, f"{text!r} has a negative location count")
-    return budget
+        return budget.parse(text)
+    except ValueError as error:
+        raise FlagError(flag, str(error)) from None
 
 
 def resolve_recipe(recipe: Recipe) -> Recipe:
@@ -180,7 +178,7 @@ def shard_pattern(split: str) -> str:
 def validate(entry: Entry, stage: str, recipe: Optional[Recipe]) -> None:
     """Checks flags, data and checkpoints before any work; raises FlagError."""
     import tensorflow as tf
-    import tnet_tf
+    from tnet_tf import budget
 
     if not FLAGS.model_dir:
         raise FlagError("model_dir", "is required (the run folder)")
@@ -229,12 +227,11 @@ def validate(entry: Entry, stage: str, recipe: Optional[Recipe]) -> None:
     except ValueError as error:
         raise FlagError("stage", f"invalid model for {stage}: {error}") from None
     if recipe.model == "tnet":
-        levels = 1 + sum(1 for k in recipe.locations if k)
-        reachable = tnet_tf.reachable_levels(recipe.input_size, config.base_resolution,
-                                             config.cell_fraction)
-        if levels > reachable:
-            raise FlagError("input_size", f"{recipe.input_size} px reaches {reachable} level(s); "
-                            f"locations {list(recipe.locations)} need {levels}")
+        try:
+            budget.check_reachable(recipe.locations, recipe.input_size, config.base_resolution,
+                                   config.cell_fraction)
+        except ValueError as error:
+            raise FlagError("input_size", str(error)) from None
 
 
 def budget_texts() -> List[str]:

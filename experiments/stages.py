@@ -12,7 +12,7 @@ import tensorflow as tf
 import tnet_tf
 from experiments import runner
 from experiments.recipes import Recipe
-from tnet_tf import checkpoints, evaluation, plots, profiling, training
+from tnet_tf import budget as budget_lib, checkpoints, evaluation, plots, profiling, training
 from tnet_tf.data import pipeline
 
 FLAGS = runner.FLAGS
@@ -230,8 +230,8 @@ def evaluation_plan(entry, config, recipe: Recipe) -> List[Tuple[int, Tuple[int,
                    | {recipe.input_size})
     plan = []
     for budget in budgets:
-        levels = 1 + sum(1 for k in budget if k)
-        fitting = [s for s in sizes if tnet_tf.reachable_levels(
+        levels = budget_lib.levels_needed(budget)
+        fitting = [s for s in sizes if budget_lib.reachable_levels(
             s, config.base_resolution, config.cell_fraction) >= levels]
         if not fitting:
             raise runner.FlagError("budgets", f"{list(budget)} needs {levels} levels; no input "

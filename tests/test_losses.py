@@ -80,7 +80,7 @@ def test_gradients_match_the_learning_rule_by_hand(model, samples, weights):
                 "reinforce": weighted(coefficient_l, log_p_l),
                 "feature_classification": weighted(coefficient_y_feature, log_p_y_feature),
                 "feature_reinforce": weighted(coefficient_l_feature, log_p_l)}
-    np.testing.assert_array_equal(out["locations"].numpy(), chosen)
+    np.testing.assert_array_equal(out["cells"].numpy(), chosen)
 
     def gradient(value):
         return _flat(tape.gradient(value, variables), variables)

@@ -36,7 +36,8 @@ def test_location_budget_sets_output_shapes(model, images, locations, features):
     assert out["logits"].shape == (3, 5)
     assert out["feature_logits"].shape == (3, features, 5)
     assert out["features"].shape == (3, features, 8 * 8)
-    assert out["locations"].shape == out["location_log_probs"].shape == (3, attended)
+    assert out["cells"].shape == out["location_log_probs"].shape == (3, attended)
+    assert out["locations"] is out["cells"]          # the deprecated alias, for one release
     assert out["feature_levels"].shape == out["feature_parents"].shape == (features,)
     levels_used = 1 + sum(1 for k in locations if k)
     assert len(out["boxes"]) == levels_used
@@ -48,7 +49,7 @@ def test_location_budget_sets_output_shapes(model, images, locations, features):
 def test_boxes_and_cells_follow_the_chosen_locations(model, images):
     out = model(images, locations=[2, 1])
     cells = geometry.grid_boxes(3, 0.5)
-    locations = out["locations"].numpy()
+    locations = out["cells"].numpy()
     probs = [p.numpy() for p in out["location_probs"]]
     level2, level3 = out["boxes"][1].numpy(), out["boxes"][2].numpy()
     np.testing.assert_array_equal(out["feature_levels"].numpy(), [1, 2, 2, 3, 3])
@@ -81,7 +82,7 @@ def test_zero_locations_equal_the_level1_only_prediction(model, images):
     np.testing.assert_allclose(zero["logits"].numpy(), by_hand.numpy(), atol=1e-4)
     np.testing.assert_allclose(one_level["logits"].numpy(), by_hand.numpy(), atol=1e-4)
     assert zero["location_probs"][0].shape == (3, 1, 9)
-    assert zero["locations"].shape == (3, 0)
+    assert zero["cells"].shape == (3, 0)
 
 
 def test_attending_changes_the_prediction_and_the_mean_of_features(model, images):
@@ -97,7 +98,7 @@ def test_level2_glimpse_is_the_cell_cropped_from_the_full_image(model, images):
     out = model(small, locations=[9])
     cells = geometry.grid_boxes(3, 0.5)
     for b in range(3):
-        for slot, cell in enumerate(out["locations"].numpy()[b]):
+        for slot, cell in enumerate(out["cells"].numpy()[b]):
             y, x = (cells[cell, :2] * 64).astype(int)
             _, vector = model.backbone(small[b:b + 1, y:y + 32, x:x + 32])
             code = geometry.positional_code(tf.constant([[float(x // 16)]]),
@@ -126,9 +127,9 @@ def test_sampling_without_replacement_follows_the_distribution():
 
 def test_sampled_locations_vary_and_are_distinct(model, images):
     out = model(images, locations=[3], selection="sample")
-    locations = out["locations"].numpy()
+    locations = out["cells"].numpy()
     assert all(len(set(row)) == 3 for row in locations)
-    draws = {tuple(model(images, locations=[3], selection="sample")["locations"].numpy()[0])
+    draws = {tuple(model(images, locations=[3], selection="sample")["cells"].numpy()[0])
              for _ in range(8)}
     assert len(draws) > 1
 
@@ -267,7 +268,7 @@ def test_batch_norm_keeps_statistics_per_level(images):
     before = model(images, locations=[2, 1])
     norm.norms[2].moving_mean.assign_add(tf.fill(means[2].shape, 5.0))
     after = model(images, locations=[2, 1])
-    np.testing.assert_array_equal(after["locations"], before["locations"])
+    np.testing.assert_array_equal(after["cells"], before["cells"])
     np.testing.assert_array_equal(after["features"][:, :3], before["features"][:, :3])
     # (An untrained network's later layers damp the shift, but it does arrive.)
     assert np.abs(after["features"][:, 3:] - before["features"][:, 3:]).min() > 0

@@ -6,7 +6,8 @@
     outputs["logits"], outputs["boxes"], outputs["location_probs"]
 """
 from tnet_tf.config import PRESETS, BackboneConfig, TNetConfig, get_preset
-from tnet_tf.tnet import TNet, Classifier, reachable_levels, select_cells
+from tnet_tf.budget import reachable_levels
+from tnet_tf.tnet import TNet, Classifier, select_cells
 
 __all__ = ["PRESETS", "BackboneConfig", "TNetConfig", "get_preset", "TNet", "Classifier",
            "reachable_levels", "select_cells"]

@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Tuple
 
+from tnet_tf import budget
+
 BACKBONES = ("compact", "bagnet77",) + tuple(f"efficientnet-b{i}" for i in range(5))
 COMPACT_NORMS = ("group", "batch")
 LOCATION_MODULES = ("context", "squeeze_excitation")
@@ -153,11 +155,7 @@ class TNetConfig:
         if self.grid_size > 1 and self.cell_fraction * self.grid_size < 1.0 - 1e-9:
             raise ValueError(f"a {self.grid_size}x{self.grid_size} grid of cells of fraction "
                              f"{self.cell_fraction} does not cover the image")
-        cells = self.grid_size ** 2
-        for level, k in enumerate(self.locations, start=2):
-            if not 0 <= k <= cells:
-                raise ValueError(f"locations: level {level} asks for {k} locations; a "
-                                 f"{self.grid_size}x{self.grid_size} grid has {cells} cells")
+        budget.check(self.locations, self.grid_size)
         _check_choice("location_module", self.location_module, LOCATION_MODULES)
         _check_choice("code_variant", self.code_variant, CODE_VARIANTS)
         _check_choice("positional_fusion", self.positional_fusion, POSITIONAL_FUSIONS)

@@ -16,7 +16,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tnet_tf import geometry
+from tnet_tf import budget as budget_lib, geometry
 
 COVERAGE_RESOLUTION = 256   # coverage is measured on this raster (exact for 1/256 multiples)
 
@@ -120,7 +120,7 @@ def evaluate_budgets(model, dataset: Iterable, budgets: Sequence[Sequence[int]],
             outputs = predict(images, budget)
             totals.add("top1", _top_k_correct(outputs["logits"], labels, 1))
             totals.add("top5", _top_k_correct(outputs["logits"], labels, 5))
-            if outputs["locations"].shape[1]:
+            if outputs["cells"].shape[1]:
                 only = attended_only_logits(model, outputs)
                 totals.add("attended_only_top1", _top_k_correct(only, labels, 1))
                 totals.add("attended_only_top5", _top_k_correct(only, labels, 5))
@@ -134,7 +134,7 @@ def evaluate_budgets(model, dataset: Iterable, budgets: Sequence[Sequence[int]],
             if attention_writer is not None:
                 attention_writer(budget, totals.count, labels, outputs)
             totals.count += int(labels.shape[0])
-        row = {"locations": list(budget), "total_locations": _total(budget),
+        row = {"locations": list(budget), "total_locations": budget_lib.total_locations(budget),
                "images": totals.count}
         for name in ("top1", "top5", "attended_only_top1", "attended_only_top5"):
             row[name] = 100.0 * totals.mean(name) if name in totals.sums else None
@@ -145,14 +145,6 @@ def evaluate_budgets(model, dataset: Iterable, budgets: Sequence[Sequence[int]],
             progress(f"locations {list(budget)}: top-1 {row['top1']:.2f} %, "
                      f"top-5 {row['top5']:.2f} % on {totals.count} images")
     return rows
-
-
-def _total(budget) -> int:
-    total, glimpses = 0, 1
-    for k in budget:
-        glimpses *= k
-        total += glimpses
-    return total
 
 
 class AttentionCsv:
@@ -174,7 +166,7 @@ class AttentionCsv:
         probabilities = np.exp(outputs["location_log_probs"].numpy())
         boxes = np.concatenate([b.numpy() for b in outputs["boxes"]], axis=1)
         predictions = np.argmax(outputs["logits"].numpy(), axis=-1)
-        locations = outputs["locations"].numpy()
+        locations = outputs["cells"].numpy()
         budget_text = ",".join(str(k) for k in budget)
         for b, label in enumerate(np.asarray(labels)):
             for feature in range(1, len(levels)):

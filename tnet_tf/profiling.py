@@ -37,6 +37,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from tnet_tf import budget
+
 MEMORY_DEVICE_PEAK = "tensorflow_device_peak"
 MEMORY_PROCESS_RSS = "process_peak_rss"
 
@@ -393,7 +395,7 @@ def _cell(row: ProfileRow, key: str) -> str:
     if value is None:
         return "-"
     if key == "locations":
-        return ",".join(str(k) for k in value) + f" (total {total_locations(value)})"
+        return ",".join(str(k) for k in value) + f" (total {budget.total_locations(value)})"
     if key == "params":
         return f"{value / 1e6:.2f}"
     if key in ("flops", "flops_profiler"):
@@ -404,18 +406,6 @@ def _cell(row: ProfileRow, key: str) -> str:
     if key == "peak_memory_bytes":
         return f"{value / 1e9:.2f}"
     return str(value)
-
-
-def total_locations(locations: Sequence[int]) -> int:
-    """Attended locations of a per-level budget: level l attends k_l cells per parent.
-
-    E.g. (2, 1) is 2 + 2 * 1 = 4 and (2, 2) is 2 + 4 = 6, as in Table 2.
-    """
-    total, parents = 0, 1
-    for k in locations:
-        parents *= k
-        total += parents
-    return total
 
 
 def format_table(rows: Sequence[ProfileRow]) -> str:

@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from tnet_tf import geometry, losses, training
+from tnet_tf import budget, geometry, losses, training
 from tnet_tf.backbones import build_backbone, set_backbone_level
 from tnet_tf.config import TNetConfig
 from tnet_tf.modules import ClassificationModule, FeatureWeighting, LocationModule, PositionalEncoding
@@ -46,19 +46,6 @@ def select_cells(log_probs, count: int, selection: str = "top_k", seed: Optional
         if random_cells is not None:
             scores = tf.where(tf.cast(random_cells, tf.bool), gumbel, scores)
     return tf.math.top_k(scores, k=count, sorted=True).indices
-
-
-def reachable_levels(image_size: int, base_resolution: int, cell_fraction: float) -> int:
-    """The number of levels an image of `image_size` px supports.
-
-    A further level adds resolution only while the cells of the previous
-    level span more input pixels than the base resolution: level l >= 2 is
-    reachable when `image_size * cell_fraction ** (l - 2) > base_resolution`.
-    """
-    levels = 1
-    while image_size * cell_fraction ** (levels - 1) > base_resolution + 1e-6:
-        levels += 1
-    return levels
 
 
 class TNet(tf.keras.Model):
@@ -92,8 +79,10 @@ class TNet(tf.keras.Model):
       feature_levels: [F] int32, the level of each feature.
       feature_parents: [F] int32, the feature whose grid each feature's
         cell was chosen from (-1 for level 1).
-      locations: [B, A] int32, the chosen cell of each attended feature
+      cells: [B, A] int32, the chosen cell of each attended feature
         (row-major index in its n x n grid).
+      locations: deprecated alias of "cells", kept for one release
+        ("locations" now names only the budget).
       location_log_probs: [B, A], log-probability of each chosen cell under
         its own grid's distribution; their sum is the log-probability of the
         whole location sequence in the paper's approximation (A.2).
@@ -130,17 +119,7 @@ class TNet(tf.keras.Model):
             locations = self.config.locations
         elif isinstance(locations, (int, np.integer)):
             locations = (int(locations),)
-        locations = tuple(int(k) for k in locations)
-        cells = self.config.grid_size ** 2
-        for level, k in enumerate(locations, start=2):
-            if not 0 <= k <= cells:
-                raise ValueError(f"locations: level {level} asks for {k} locations; a "
-                                 f"{self.config.grid_size}x{self.config.grid_size} grid has "
-                                 f"{cells} cells")
-            if k and level > 2 and locations[level - 3] == 0:
-                raise ValueError(f"locations {list(locations)}: level {level} cannot attend "
-                                 f"cells when level {level - 1} attends none")
-        return locations
+        return budget.check(locations, self.config.grid_size)
 
     def _check_images(self, images, locations):
         shape = images.shape
@@ -155,10 +134,10 @@ class TNet(tf.keras.Model):
         if size < base:
             raise ValueError(f"images of {shape[1]}x{shape[2]} px are smaller than the "
                              f"{base} px base resolution")
-        levels = 1 + sum(1 for k in locations if k > 0)
-        reachable = reachable_levels(size, base, self.config.cell_fraction)
+        levels = budget.levels_needed(locations)
+        reachable = budget.reachable_levels(size, base, self.config.cell_fraction)
         if levels > reachable:
-            needed = base / self.config.cell_fraction ** (levels - 2)
+            needed = budget.smallest_size(levels, base, self.config.cell_fraction)
             raise ValueError(
                 f"images of {shape[1]}x{shape[2]} px cannot reach {levels} levels "
                 f"(locations {list(locations)}): a level adds resolution only while the "
@@ -192,7 +171,7 @@ class TNet(tf.keras.Model):
         chosen, chosen_log_probs, distributions, all_boxes = [], [], [], [boxes]
         if chosen_locations is not None:
             chosen_locations = tf.cast(tf.convert_to_tensor(chosen_locations), tf.int32)
-            attended = sum(int(np.prod(locations[:i + 1])) for i in range(len(locations)))
+            attended = budget.total_locations(locations)
             if chosen_locations.shape.rank != 2 or chosen_locations.shape[1] != attended:
                 raise ValueError(f"chosen_locations must have shape [batch, {attended}] for "
                                  f"locations {list(locations)}; got {chosen_locations.shape}")
@@ -242,6 +221,8 @@ class TNet(tf.keras.Model):
             weights = tf.fill(tf.shape(encoded)[:2], 1.0 / len(levels))
         pooled = tf.reduce_sum(tf.cast(weights[..., None], encoded.dtype) * encoded, axis=1)
         attended = len(levels) - 1
+        cells_chosen = (tf.concat(chosen, axis=1) if chosen
+                        else tf.zeros([batch, attended], tf.int32))
         return {
             "logits": self.classifier(pooled, training=training),
             "feature_logits": self.classifier(encoded, training=training),
@@ -250,8 +231,8 @@ class TNet(tf.keras.Model):
             "feature_weights": weights,
             "feature_levels": tf.constant(levels, tf.int32),
             "feature_parents": tf.constant(parents, tf.int32),
-            "locations": (tf.concat(chosen, axis=1) if chosen
-                          else tf.zeros([batch, attended], tf.int32)),
+            "cells": cells_chosen,
+            "locations": cells_chosen,     # deprecated alias of "cells"
             "location_log_probs": (tf.concat(chosen_log_probs, axis=1) if chosen_log_probs
                                    else tf.zeros([batch, attended])),
             "location_probs": distributions,

@@ -279,7 +279,7 @@ def train_step(model, data):
                                                  global_mean(terms["baseline_reward"])))
     model.training_metrics.update(
         terms, outputs, labels, penalty, baseline=model.baseline, learning_rate=learning_rate,
-        locations_per_image=outputs["locations"].shape[1])
+        locations_per_image=outputs["cells"].shape[1])
     return model.training_metrics.results()
 
 
@@ -292,7 +292,7 @@ def test_step(model, data):
     outputs = model(images, locations=locations, training=False)
     terms = losses.tnet_loss(outputs, labels, model.baseline, options.loss_weights)
     model.training_metrics.update(terms, outputs, labels, baseline=model.baseline,
-                                  locations_per_image=outputs["locations"].shape[1])
+                                  locations_per_image=outputs["cells"].shape[1])
     return model.training_metrics.results()
 
 
