@@ -8,10 +8,13 @@ again with the same command after being killed, `fit` restores the last
 backup and continues from the next step of the same epoch. (Keras does not
 fast-forward the input pipeline: the resumed epoch reads its data from the
 start of the dataset, which for shuffled training data only changes which
-random batches are seen.) The backup is kept at the end of training and is
-what a later stage initialises from:
+random batches are seen.) The backup is kept at the end of training.
 
-    report = initialize_from_checkpoint(model, "runs/stage1/backup",
+A later stage initialises from the earlier stage's final weights (the
+entry points save them to `<stage>/final/weights` after the batch-norm
+statistics are re-estimated), not from its backup:
+
+    report = initialize_from_checkpoint(model, "runs/stage1/final/weights",
                                         skip=("classifier",))
 """
 from __future__ import annotations
