@@ -35,7 +35,6 @@ import tensorflow as tf
 
 import tnet_tf
 from tnet_tf import training
-from tnet_tf.config import BackboneConfig
 
 SIZE, CELL, GRID, CLASSES = 96, 32, 3, 4
 TRAINING_LOCATIONS = 3
@@ -66,10 +65,10 @@ def make_task(count: int, seed: int):
 
 
 def tiny_tnet() -> tnet_tf.TNet:
-    config = tnet_tf.TNetConfig(
-        num_classes=CLASSES, backbone=BackboneConfig(name="compact", width=8, norm="batch"),
+    config = tnet_tf.get_preset(
+        "tiny", num_classes=CLASSES, backbone={"norm": "batch"},
         base_resolution=CELL, input_size=SIZE, grid_size=GRID, cell_fraction=1.0 / GRID,
-        locations=(TRAINING_LOCATIONS,), location_width=16, location_se_width=8, code_size=24, dropout=0.0)
+        locations=(TRAINING_LOCATIONS,))
     return tnet_tf.TNet(config)
 
 

@@ -144,7 +144,7 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
 def model_config(recipe: Recipe):
     """The TNetConfig of a recipe (smoke runs: compact backbone, 32 px base)."""
     import tnet_tf
-    from tnet_tf.config import BackboneConfig
+    from tnet_tf.config import TINY_SIZE_FIELDS
 
     preset = tnet_tf.get_preset(recipe.preset)
     backbone = dataclasses.replace(preset.backbone, **{
@@ -157,9 +157,9 @@ def model_config(recipe: Recipe):
         if getattr(recipe, name) is not None:
             changes[name] = getattr(recipe, name)
     if FLAGS.smoke:
-        changes.update(backbone=BackboneConfig(name="compact", width=8),
-                       base_resolution=SMOKE_BASE, num_classes=SMOKE_CLASSES, location_width=16,
-                       location_se_width=8, code_size=24)
+        tiny = tnet_tf.get_preset("tiny", base_resolution=SMOKE_BASE)
+        changes.update({name: getattr(tiny, name) for name in TINY_SIZE_FIELDS},
+                       num_classes=SMOKE_CLASSES)
     return dataclasses.replace(preset, **changes)
 
 

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import tnet_tf
 from tnet_tf import evaluation, geometry
-from test_tnet import tiny_config
+from conftest import tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import tensorflow as tf
 import tnet_tf
 from tnet_tf import losses
 from tnet_tf.losses import LossWeights
-from test_tnet import tiny_config
+from conftest import tiny_config
 
 N, LOCATIONS = 2, [2, 1]          # 3 levels: features [1, 2, 2, 3, 3], locations [2, 2, 3, 3]
 

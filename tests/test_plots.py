@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import tnet_tf
 from tnet_tf import plots
-from test_tnet import tiny_config
+from conftest import tiny_config
 
 
 def _read_png(path):

@@ -5,16 +5,7 @@ import tensorflow as tf
 
 import tnet_tf
 from tnet_tf import geometry
-from tnet_tf.config import BackboneConfig, TNetConfig
-
-
-def tiny_config(**overrides):
-    values = dict(num_classes=5, backbone=BackboneConfig(name="compact", width=8),
-                  base_resolution=32, input_size=128, grid_size=3, cell_fraction=0.5,
-                  locations=(2, 1), location_width=16, location_se_width=8, code_size=24,
-                  dropout=0.0)
-    values.update(overrides)
-    return TNetConfig(**values)
+from conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -245,8 +236,7 @@ def test_batch_norm_keeps_statistics_per_level(images):
     # layer move from 0 by (1 - momentum) times the batch mean of that level's
     # input: the whole image at 32 px, then the glimpses of levels 2 and 3.
     tf.keras.utils.set_random_seed(3)
-    model = tnet_tf.TNet(tiny_config(backbone=BackboneConfig(name="compact", width=8,
-                                                             norm="batch")))
+    model = tnet_tf.TNet(tiny_config(backbone={"norm": "batch"}))
     out = model(images, locations=[2, 1], training=True)
     conv = model.backbone.get_layer("stage1_conv1")
     norm = model.backbone.get_layer("stage1_bn1")

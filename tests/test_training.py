@@ -9,8 +9,7 @@ import tensorflow as tf
 
 import tnet_tf
 from tnet_tf import backbones, checkpoints, geometry, losses, training
-from tnet_tf.config import BackboneConfig
-from test_tnet import tiny_config
+from conftest import tiny_config
 
 
 def _data(count=8, size=64, seed=0):
@@ -231,7 +230,7 @@ def test_time_left_is_printed_after_every_epoch(capsys):
 def test_batch_norm_recalibration_averages_each_levels_batch_statistics():
     tf.keras.utils.set_random_seed(4)
     model = tnet_tf.TNet(tiny_config(
-        backbone=BackboneConfig(name="compact", width=8, norm="batch"), input_size=64,
+        backbone={"norm": "batch"}, input_size=64,
         locations=(1,)))
     batches = [(tf.random.stateless_uniform([4, 64, 64, 3], seed=(i, 9), minval=-1.0,
                                             maxval=0.5 + i), tf.zeros([4], tf.int32))

@@ -227,7 +227,22 @@ def _digits() -> TNetConfig:
         code_size=48, positional_fusion="add_silu", dropout=0.2, initializer="efficientnet")
 
 
+def _tiny() -> TNetConfig:
+    # A toy TNet for tests, `--smoke` and the learning benchmark: the compact CNN at
+    # width 8 on a 32 px base, small location module and codes, no dropout.
+    return TNetConfig(
+        num_classes=5, backbone=BackboneConfig(name="compact", width=8), base_resolution=32,
+        input_size=64, locations=(2,), location_width=16, location_se_width=8, code_size=24,
+        dropout=0.0)
+
+
+# The size of the model, which `--smoke` takes from "tiny" while keeping the
+# dataset preset's geometry and modules.
+TINY_SIZE_FIELDS = ("backbone", "base_resolution", "location_width", "location_se_width",
+                    "code_size")
+
 PRESETS = {
+    "tiny": _tiny,
     "digits": _digits,
     "imagenet": _imagenet,
     "fmow": _fmow,
@@ -237,7 +252,8 @@ PRESETS = {
 
 
 def get_preset(name: str, **overrides) -> TNetConfig:
-    """Returns the named preset ("imagenet", "fmow", "cub", "nabirds", "digits") with overrides.
+    """Returns the named preset ("imagenet", "fmow", "cub", "nabirds", "digits", "tiny")
+    with overrides.
 
     `backbone` may be overridden by a BackboneConfig, a dict of its fields or
     a backbone name, e.g. `get_preset("cub", backbone="efficientnet-b3")`.

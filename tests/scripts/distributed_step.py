@@ -20,12 +20,9 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 import tnet_tf  # noqa: E402
-from tnet_tf.config import BackboneConfig  # noqa: E402
 
-CONFIG = tnet_tf.TNetConfig(
-    num_classes=5, backbone=BackboneConfig(name="compact", width=8),
-    base_resolution=32, input_size=64, locations=(2,), location_width=16, location_se_width=8,
-    code_size=24, dropout=0.0)
+
+CONFIG = tnet_tf.get_preset("tiny")
 
 
 def build(strategy, weights=None):

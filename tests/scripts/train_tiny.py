@@ -18,7 +18,6 @@ import tensorflow as tf  # noqa: E402
 
 import tnet_tf  # noqa: E402
 from tnet_tf import checkpoints, training  # noqa: E402
-from tnet_tf.config import BackboneConfig  # noqa: E402
 
 
 def emit(event, model, **extra):
@@ -51,11 +50,7 @@ def main(argv):
     args = parser.parse_args(argv)
 
     tf.keras.utils.set_random_seed(0)
-    config = tnet_tf.TNetConfig(
-        num_classes=5, backbone=BackboneConfig(name="compact", width=8), base_resolution=32,
-        input_size=64, locations=(2,), location_width=16, location_se_width=8, code_size=24,
-        dropout=0.0)
-    model = tnet_tf.TNet(config)
+    model = tnet_tf.TNet(tnet_tf.get_preset("tiny"))
     total = args.epochs * args.steps_per_epoch
     model.compile(training.make_optimizer(1e-3, total), lambda_c=0.3, lambda_r=0.3,
                   run_eagerly=True)
