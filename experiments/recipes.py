@@ -124,9 +124,7 @@ BACKBONE_EPOCHS = {"efficientnet-b4": 125}
 # The embedded demo on cluttered digits (experiments.digits): the fMoW recipe in
 # miniature, with a cosine learning-rate decay and a warm-up of random cells
 # (without it top-k selection can lock onto cells that never show the digit).
-# The 128 px stage runs well past the classifier's take-off (training accuracy
-# leaves chance after about 600 steps): stopped at 624 steps, one seed of three
-# was still at chance and the 256 px stage never recovered it.
+# The 128 px stage runs well past the classifier's take-off (docs/design_notes.md).
 _DIGITS_TNET = Recipe(preset="digits", input_size=128, locations=(2,), epochs=10,
                       learning_rate=1e-3, lr_schedule="cosine", lambda_c=0.3, lambda_r=0.3,
                       random_warmup_steps=300, augment=False, cache_decoded=True,
@@ -138,7 +136,7 @@ DIGITS: Dict[str, Recipe] = {
     "train_128": _DIGITS_TNET,
     # Level 3's batch-norm statistics are learnt here: budgets with 3 levels
     # are evaluated from this stage on. Dropout 0.5 as in fMoW's fine-tuning:
-    # the 256 px stage fits its training canvases (97 % after 6 epochs).
+    # this stage fits its training canvases.
     "finetune_256": _DIGITS_TNET.replace(input_size=256, locations=(2, 1), epochs=6,
                                          dropout=0.5, random_warmup_steps=0,
                                          init_from="train_128",

@@ -115,21 +115,16 @@ class LevelBatchNormalization(layers.Layer):
     normalised with its own batch statistics, but a single pair of moving
     averages would mix the levels, whose inputs differ (level 1 is the whole
     image downscaled, deeper levels are crops at finer scales), and
-    inference would normalise every level with the mixture. On the digits
-    demo (128 px stage, 2 locations) shared statistics gave 27 % test
-    accuracy where batch statistics gave 40 %; statistics per kind of input
-    gave 39 %. This layer keeps moving statistics for each of the first
+    inference would normalise every level with the mixture (measured in
+    docs/design_notes.md). This layer keeps moving statistics for each of the first
     `levels` levels (deeper ones share the last); scale and offset are
     shared. TNet sets `level` before each backbone call, in Python, so a
     traced graph holds one branch per level; outside TNet (baselines) it
     stays 1. A level that was never trained keeps the initial statistics
     (mean 0, variance 1).
 
-    Moving averages lag the weights: where an input has almost no variance
-    (the flat background of a downscaled digits canvas: variance 0.003-0.03
-    after the first convolution), a small lag shifts inference far from
-    training. The digits demo's 256 px fine-tuning stage predicted a single
-    class in inference after one epoch while its batch statistics gave 43 %;
+    Moving averages lag the weights, and where an input has almost no
+    variance a small lag shifts inference far from training;
     `training.recalibrate_batch_norm` re-estimates them with the final weights.
     """
 
@@ -190,11 +185,8 @@ def compact_cnn(input_size: Optional[int] = 32, width: int = 16, dropout: float 
     level and need no synchronisation between replicas.
 
     norm="batch": `LevelBatchNormalization`, batch normalisation with moving
-    statistics per TNet level. It learns much faster on small objects:
-    classifying 64 px cells that hold an 8 px digit somewhere (width 16,
-    Adam 1e-3, batch 64), it reached 55 % training accuracy after
-    400 steps where group norm was at 19 %. The digits demo and the
-    learning benchmark use it.
+    statistics per TNet level. It learns much faster on small objects
+    (docs/design_notes.md); the digits demo and the learning benchmark use it.
     """
     if width < 1 or norm_groups < 1 or (norm == "group" and width % norm_groups):
         raise ValueError(f"compact backbone width must be a positive multiple of its "

@@ -302,8 +302,7 @@ def recalibrate_batch_norm(model, dataset: Iterable, steps: int, locations=None)
     average of its batch statistics over `steps` batches of `dataset`
     ((images, labels, ...) tuples; TNet at `locations`, its configured budget
     by default). Moving averages lag the weights, and on near-constant inputs
-    the lag shows: the digits demo's fine-tuned TNet predicted one class in
-    inference (10.1 %) and 52.7 % after 60 batches of this. The forward pass
+    the lag shows (docs/design_notes.md). The forward pass
     is one traced function whose momentum is a variable; returns the batches
     used (0 if the model has no such layer)."""
     norms = [norm for layer in level_batch_norms(model.backbone) for norm in layer.norms]
