@@ -22,7 +22,7 @@ import numpy as np
 
 import tnet_tf
 from experiments import runner, stages
-from tnet_tf import evaluation, plots, profiling
+from tnet_tf import evaluation, plots, profiling, tables
 from tnet_tf.data import pipeline
 
 FLAGS = runner.FLAGS
@@ -115,7 +115,7 @@ def report(entry, baselines: Sequence[str]) -> list:
     folder = FLAGS.model_dir
     with open(os.path.join(folder, "results.json"), "w") as handle:
         json.dump(rows, handle, indent=1)
-    evaluation.write_table([{k: row.get(k) for k in COLUMNS} for row in rows],
+    tables.write_table([{k: row.get(k) for k in COLUMNS} for row in rows],
                            os.path.join(folder, "results"), kinds=("md",))
     plot = plots.accuracy_vs_flops([os.path.join(folder, "results.json")],
                                    os.path.join(folder, "accuracy_vs_gflops.png"),

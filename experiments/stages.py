@@ -12,7 +12,7 @@ import tensorflow as tf
 import tnet_tf
 from experiments import runner
 from experiments.recipes import Recipe
-from tnet_tf import budget as budget_lib, checkpoints, evaluation, plots, profiling, training
+from tnet_tf import budget as budget_lib, checkpoints, evaluation, plots, profiling, tables, training
 from tnet_tf.data import pipeline
 
 FLAGS = runner.FLAGS
@@ -180,7 +180,7 @@ def evaluate_baseline(entry, model, stage: str, recipe: Recipe) -> None:
            "top1": 100.0 * results["top1"], "top5": 100.0 * results["top5"],
            "gflops": profiling.count_flops_eq11(model, shape) / 1e9,
            "params": model.count_params()}
-    paths = evaluation.write_table([row], os.path.join(runner.stage_dir(stage), "results"))
+    paths = tables.write_table([row], os.path.join(runner.stage_dir(stage), "results"))
     print(open(paths["md"]).read())
 
 
@@ -265,7 +265,7 @@ def evaluate(entry) -> None:
             rows.append(row)
     if attention is not None:
         attention.close()
-    paths = evaluation.write_table(rows, os.path.join(folder, "results"))
+    paths = tables.write_table(rows, os.path.join(folder, "results"))
     print(open(paths["md"]).read())
     results = sorted(glob.glob(os.path.join(FLAGS.model_dir, "*", "results.json")))
     plot = plots.accuracy_vs_flops(results, os.path.join(folder, "accuracy_vs_gflops.png"))

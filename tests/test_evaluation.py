@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import tnet_tf
-from tnet_tf import evaluation, geometry
+from tnet_tf import evaluation, geometry, tables
 from conftest import tiny_config
 
 
@@ -66,7 +66,7 @@ def test_evaluate_budgets_matches_direct_predictions(model, dataset, tmp_path):
     assert [l["level"] for l in first] == ["2", "2", "3", "3"]
     assert all(0.0 < float(l["probability"]) <= 1.0 for l in lines)
 
-    paths = evaluation.write_table(rows, str(tmp_path / "tables" / "evaluate"))
+    paths = tables.write_table(rows, str(tmp_path / "tables" / "evaluate"))
     assert json.load(open(paths["json"]))[1]["top1"] == rows[1]["top1"]
     markdown = open(paths["md"]).read().splitlines()
     assert len(markdown) == 2 + 3 and markdown[0].startswith("| locations |")

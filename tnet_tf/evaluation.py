@@ -3,14 +3,12 @@ attended locations only, coverage per level, policy hit rates against
 object boxes, and the attended boxes.
 
 `evaluate_budgets` runs a dataset of (images, labels) batches once per
-budget and returns one row per budget; `write_table` saves rows as
-Markdown, CSV and JSON in the style of the paper's Tables 1-2.
+budget and returns one row per budget; `tnet_tf.tables.write_table` saves
+rows as Markdown, CSV and JSON in the style of the paper's Tables 1-2.
 """
 from __future__ import annotations
 
 import csv
-import json
-import os
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
@@ -178,37 +176,3 @@ class AttentionCsv:
 
     def close(self):
         self._handle.close()
-
-
-def write_table(rows: Sequence[dict], path_prefix: str,
-                kinds: Sequence[str] = ("md", "csv", "json")) -> Dict[str, str]:
-    """Writes rows as `<prefix>.md`, `<prefix>.csv` and `<prefix>.json` (those in `kinds`)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path_prefix)), exist_ok=True)
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    paths = {kind: f"{path_prefix}.{kind}" for kind in kinds}
-    if "json" in paths:
-        with open(paths["json"], "w") as handle:
-            json.dump(list(rows), handle, indent=1)
-    if "csv" in paths:
-        with open(paths["csv"], "w", newline="") as handle:
-            writer = csv.DictWriter(handle, columns)
-            writer.writeheader()
-            writer.writerows([{k: _text(row.get(k)) for k in columns} for row in rows])
-    if "md" not in paths:
-        return paths
-    with open(paths["md"], "w") as handle:
-        handle.write("| " + " | ".join(columns) + " |\n")
-        handle.write("|" + "---|" * len(columns) + "\n")
-        for row in rows:
-            handle.write("| " + " | ".join(_text(row.get(k)) for k in columns) + " |\n")
-    return paths
-
-
-def _text(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):      # 2 decimals; 3 significant digits below 1 (GFLOPs)
-        return f"{value:.3g}" if 0 < abs(value) < 1 else f"{value:.2f}"
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    return str(value)
