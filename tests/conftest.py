@@ -10,6 +10,14 @@ import tensorflow as tf  # noqa: E402
 import tnet_tf  # noqa: E402
 
 
+def random_batch(count=8, size=64, seed=0):
+    """Images [count, size, size, 3] in [-1, 1] and labels [count] of 5 classes."""
+    images = tf.random.stateless_uniform([count, size, size, 3], seed=[seed, 1], minval=-1,
+                                         maxval=1)
+    labels = tf.random.stateless_uniform([count], seed=[seed, 2], maxval=5, dtype=tf.int32)
+    return images, labels
+
+
 def tiny_config(**overrides):
     """The toy TNet of the unit tests: the "tiny" preset at 128 px with [2, 1]
     locations (3 levels); `overrides` as `tnet_tf.get_preset`."""
