@@ -54,8 +54,6 @@ def define_flags(entry: Entry, default_stage: str, extra_stages: Sequence[str] =
     flags.DEFINE_string("model_dir", None, "Run folder; each stage writes to its subfolder.")
     flags.DEFINE_enum("strategy", "default", list(STRATEGIES), "tf.distribute strategy.")
     flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu.")
-    flags.DEFINE_integer("global_batch_size", None, "Batch over all replicas; default: recipe.")
-    flags.DEFINE_integer("epochs", None, "Training epochs; default: recipe.")
     flags.DEFINE_integer("steps_per_epoch", None, "Default: training images / global batch.")
     flags.DEFINE_bool("mixed_precision", False, "bfloat16 on CPU/TPU, float16 on GPU.")
     flags.DEFINE_integer("seed", 0, "Seed of weights, data order and augmentation.")
@@ -74,21 +72,44 @@ def define_flags(entry: Entry, default_stage: str, extra_stages: Sequence[str] =
     flags.DEFINE_integer("num_images", 8, "visualize: images to draw.")
     flags.DEFINE_integer("eval_steps", None, "Evaluate at most this many batches.")
     flags.DEFINE_integer("save_every", 500, "Checkpoint every this many steps.")
-    for name, kind in (("learning_rate", float), ("backbone_learning_rate", float),
-                       ("lambda_f", float), ("lambda_c", float), ("lambda_r", float),
-                       ("dropout", float), ("stochastic_depth", float),
-                       ("weight_decay", float), ("input_size", int),
-                       ("random_warmup_steps", int), ("contrastive_weight", float),
-                       ("contrastive_margin", float)):
-        define = flags.DEFINE_float if kind is float else flags.DEFINE_integer
-        define(name, None, f"Override the recipe's {name}.")
-    flags.DEFINE_enum("lr_schedule", None, ["drop", "cosine"], "Override the recipe's "
-                      "learning-rate schedule: x0.1 at 80 % of the steps or cosine decay.")
-    flags.DEFINE_string("locations", None, "Override the training budget, e.g. '2' or '2,1'.")
-    flags.DEFINE_string("backbone", None, "Override the backbone, e.g. efficientnet-b3.")
-    flags.DEFINE_string("pretrained", None, "Backbone weights: 'imagenet' or a Keras .h5 file.")
-    flags.DEFINE_bool("location_stop_gradient", None, "Override the preset: detach the "
-                      "location module's inputs in training (the authors' code).")
+    _define_recipe_flags()
+
+
+# Recipe fields that make a stage what it is; every other field is a flag.
+STAGE_FIELDS = ("model", "preset", "evaluation_budgets", "init_from")
+# Help beyond "Override the recipe's <field>." for some of the flags.
+_FLAG_HELP = {
+    "global_batch_size": "Batch over all replicas.",
+    "lr_schedule": "x0.1 at 80 % of the steps ('drop') or a cosine decay ('cosine').",
+    "locations": "The training budget, e.g. '2' or '2,1'.",
+    "backbone": "e.g. efficientnet-b3 or b3.",
+    "pretrained": "Backbone weights: 'imagenet' or a Keras .h5 file.",
+    "location_stop_gradient": "Detach the location module's inputs in training (the "
+                              "authors' code).",
+}
+
+
+def recipe_flag_fields() -> List[dataclasses.Field]:
+    """The Recipe fields that flags override, one flag of the same name each."""
+    return [field for field in dataclasses.fields(Recipe) if field.name not in STAGE_FIELDS]
+
+
+def _define_recipe_flags(flag_values=FLAGS) -> None:
+    """One flag per recipe field, typed by the field (default None: the recipe's)."""
+    for field in recipe_flag_fields():
+        kind = str(field.type)   # the annotation's text (postponed annotations)
+        text = f"Override the recipe's {field.name}. {_FLAG_HELP.get(field.name, '')}".strip()
+        if field.name == "lr_schedule":
+            flags.DEFINE_enum(field.name, None, ["drop", "cosine"], text,
+                              flag_values=flag_values)  # training.SCHEDULES
+        elif "bool" in kind:
+            flags.DEFINE_bool(field.name, None, text, flag_values=flag_values)
+        elif "float" in kind:
+            flags.DEFINE_float(field.name, None, text, flag_values=flag_values)
+        elif kind in ("int", "Optional[int]"):
+            flags.DEFINE_integer(field.name, None, text, flag_values=flag_values)
+        else:   # strings, and the budget tuple parsed by resolve_recipe
+            flags.DEFINE_string(field.name, None, text, flag_values=flag_values)
 
 
 def parse_budget(text: str, flag: str) -> Tuple[int, ...]:
@@ -101,15 +122,8 @@ def parse_budget(text: str, flag: str) -> Tuple[int, ...]:
 
 def resolve_recipe(recipe: Recipe) -> Recipe:
     """The recipe with every flag that was given applied."""
-    changes = {}
-    for name in ("learning_rate", "backbone_learning_rate", "lambda_f", "lambda_c", "lambda_r",
-                 "dropout", "stochastic_depth", "weight_decay", "input_size", "epochs",
-                 "global_batch_size", "backbone", "pretrained", "random_warmup_steps",
-                 "lr_schedule", "location_stop_gradient", "contrastive_weight",
-                 "contrastive_margin"):
-        value = getattr(FLAGS, name)
-        if value is not None:
-            changes[name] = value
+    changes = {field.name: FLAGS[field.name].value for field in recipe_flag_fields()
+               if FLAGS[field.name].value is not None}
     if FLAGS.locations is not None:
         changes["locations"] = parse_budget(FLAGS.locations, "locations")
     if FLAGS.backbone is not None:

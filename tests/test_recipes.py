@@ -23,3 +23,24 @@ def test_fine_grained_runs_use_the_contrastive_loss_and_the_others_do_not():
             assert (recipe.contrastive_weight, recipe.contrastive_margin) == (100.0, 0.4)
     for table in (recipes.FMOW, recipes.IMAGENET, recipes.DIGITS):
         assert all(recipe.contrastive_weight == 0 for recipe in table.values())
+
+
+def test_every_recipe_field_outside_the_stage_identity_is_a_typed_flag():
+    import dataclasses
+
+    from absl import flags
+
+    from experiments import runner
+
+    values = flags.FlagValues()
+    runner._define_recipe_flags(values)
+    names = {field.name for field in dataclasses.fields(recipes.Recipe)}
+    assert set(values) == names - set(runner.STAGE_FIELDS)
+    values(["prog", "--noaugment", "--stop_after_epochs=3", "--spatial_dropout=0.25",
+            "--locations=2,1", "--lr_schedule=cosine", "--contrastive_weight=100"])
+    assert (values.augment, values.stop_after_epochs, values.spatial_dropout) == (False, 3, 0.25)
+    assert (values.locations, values.lr_schedule, values.contrastive_weight) == \
+        ("2,1", "cosine", 100.0)
+    assert values.learning_rate is None and values.bbox_crops is None   # not given: the recipe's
+    with pytest.raises(flags.IllegalFlagValueError):
+        values(["prog", "--epochs=many"])
