@@ -189,8 +189,9 @@ def shard_pattern(split: str) -> str:
     return os.path.join(FLAGS.data_dir, f"{split}-*")
 
 
-def validate(entry: Entry, stage: str, recipe: Optional[Recipe]) -> None:
-    """Checks flags, data and checkpoints before any work; raises FlagError."""
+def validate(entry: Entry, stage: str, recipe: Optional[Recipe]):
+    """Checks flags, data and checkpoints before any work; raises FlagError.
+    Returns the training stage's TNetConfig (None for the tool stages)."""
     import tensorflow as tf
     from tnet_tf import budget
 
@@ -224,28 +225,29 @@ def validate(entry: Entry, stage: str, recipe: Optional[Recipe]) -> None:
                             f"{checkpoint_stage} first")
         for text in budget_texts():
             parse_budget(text, "budgets")
-        return
+        return None
     if recipe.init_from or FLAGS.init_checkpoint:
         source = FLAGS.init_checkpoint or final_checkpoint(recipe.init_from)
         if not (os.path.exists(source + ".index") or os.path.exists(source + "/checkpoint")):
             raise FlagError("init_checkpoint", f"{source} does not exist; run --stage="
                             f"{recipe.init_from} first or pass --init_checkpoint")
-    if recipe.pretrained is not None:
-        from tnet_tf import backbones
-        try:
-            backbones.weights_path(model_config(recipe).backbone.name, recipe.pretrained)
-        except (OSError, RuntimeError) as error:
-            raise FlagError("pretrained", str(error)) from None
     try:
         config = model_config(recipe)
     except ValueError as error:
         raise FlagError("stage", f"invalid model for {stage}: {error}") from None
+    if recipe.pretrained is not None:
+        from tnet_tf import backbones
+        try:
+            backbones.weights_path(config.backbone.name, recipe.pretrained)
+        except (OSError, RuntimeError) as error:
+            raise FlagError("pretrained", str(error)) from None
     if recipe.model == "tnet":
         try:
             budget.check_reachable(recipe.locations, recipe.input_size, config.base_resolution,
                                    config.cell_fraction)
         except ValueError as error:
             raise FlagError("input_size", str(error)) from None
+    return config
 
 
 def budget_texts() -> List[str]:
@@ -293,11 +295,11 @@ def run(entry: Entry) -> None:
             if not glob.glob(shard_pattern("train")):
                 print(f"generating the {entry.dataset} dataset in {FLAGS.data_dir}")
                 entry.generate_data(FLAGS.data_dir)
-        validate(entry, stage, recipe)
+        config = validate(entry, stage, recipe)
     except FlagError as error:
         sys.exit(f"error: {error}")
     stages.seed_everything(FLAGS.seed)
     if stage in TOOL_STAGES:
         getattr(stages, stage)(entry)
     else:
-        stages.train(entry, stage, recipe)
+        stages.train(entry, stage, recipe, config)

@@ -76,8 +76,9 @@ def count_examples(entry, split: str, recipe: Recipe) -> int:
     return sum(1 for _ in pipeline.make_dataset(config))
 
 
-def build_model(recipe: Recipe):
-    config = runner.model_config(recipe)
+def build_model(recipe: Recipe, config=None):
+    """The stage's TNet or baseline and its config (built from the recipe when not given)."""
+    config = config or runner.model_config(recipe)
     if recipe.model == "tnet":
         return tnet_tf.TNet(config), config
     return tnet_tf.Classifier(config, input_size=recipe.input_size), config
@@ -112,7 +113,7 @@ def compile_model(model, recipe: Recipe, total_steps: int) -> None:
                   contrastive_margin=recipe.contrastive_margin, run_eagerly=FLAGS.smoke)
 
 
-def train(entry, stage: str, recipe: Recipe) -> None:
+def train(entry, stage: str, recipe: Recipe, config=None) -> None:
     """Trains one stage into <model_dir>/<stage>; rerunning resumes it."""
     set_precision()
     strategy = make_strategy()
@@ -121,7 +122,7 @@ def train(entry, stage: str, recipe: Recipe) -> None:
     if FLAGS.smoke:
         steps = min(steps, 2)
     with strategy.scope():
-        model, config = build_model(recipe)
+        model, config = build_model(recipe, config)
         compile_model(model, recipe, steps * recipe.epochs)
     runner.save_run_info(stage, recipe, config)
     folder = runner.stage_dir(stage)
