@@ -314,7 +314,7 @@ class Classifier(tf.keras.Model):
         self.classifier = ClassificationModule(config.num_classes, config.dropout,
                                                config.initializer, name="classifier")
 
-    def compile(self, optimizer="adam", *, contrastive_weight: float = 0.0,
+    def compile(self, optimizer="rmsprop", *, contrastive_weight: float = 0.0,
                 contrastive_margin: float = 0.4, **kwargs):
         """Keras `compile`; contrastive_weight > 0 adds the authors' contrastive
         loss on the pooled backbone features (`losses.contrastive_loss`, as
