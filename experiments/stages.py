@@ -185,14 +185,16 @@ def evaluate_baseline(entry, model, stage: str, recipe: Recipe) -> None:
     print(open(paths["md"]).read())
 
 
+def _tuples(value):
+    """JSON lists back to the recipe's (nested) tuples."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
 def saved_run(folder: str):
     """The resolved recipe and model config a stage saved in `folder`/run.json."""
     with open(os.path.join(folder, "run.json")) as handle:
         info = json.load(handle)
-    def tuples(value):   # JSON lists back to the recipe's (nested) tuples
-        return tuple(tuples(v) for v in value) if isinstance(value, list) else value
-
-    recipe = Recipe(**{k: tuples(v) for k, v in info["recipe"].items()})
+    recipe = Recipe(**{k: _tuples(v) for k, v in info["recipe"].items()})
     return recipe, tnet_tf.TNetConfig.from_dict(info["model_config"])
 
 
@@ -227,8 +229,8 @@ def evaluation_plan(entry, config, recipe: Recipe) -> List[Tuple[int, Tuple[int,
     texts = runner.budget_texts()
     budgets = ([runner.parse_budget(t, "budgets") for t in texts] if texts
                else [tuple(b) for b in recipe.evaluation_budgets])
-    sizes = sorted(set(trained_input_sizes(FLAGS.model_dir, entry.tnet_stages))
-                   | {recipe.input_size})
+    sizes = sorted({*trained_input_sizes(FLAGS.model_dir, entry.tnet_stages),
+                    recipe.input_size})
     plan = []
     for budget in budgets:
         levels = budget_lib.levels_needed(budget)
