@@ -12,16 +12,12 @@ start; pass the path of a Keras `efficientnetbX_notop.h5` file instead).
 The recipe adds the authors' auxiliary contrastive loss to TNet and the
 baseline (weight 100, margin 0.4; `--contrastive_weight=0` turns it off).
 """
-from absl import app
-
 from experiments import recipes, runner
+from experiments.run_config import Entry
 
-ENTRY = runner.Entry(dataset="cub", recipes=recipes.CUB, eval_split="test",
-                     tnet_stages=("train",))
-runner.define_flags(ENTRY, default_stage="train")
-
-main = runner.main_for(ENTRY)
+ENTRY = Entry(dataset="cub", recipes=recipes.CUB, eval_split="test",
+              tnet_stages=("train",))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    runner.start(ENTRY, default_stage="train")

@@ -23,6 +23,7 @@ A finished stage is skipped when the run is started again, and an interrupted
 one resumes from its last backup, so an interrupted run loses little.
 """
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -31,22 +32,31 @@ import time
 from absl import app, flags
 
 from data_prep import digits
-from experiments import recipes, runner
+from experiments import recipes, runner, stages
+from experiments.run_config import Entry
 
-flags.DEFINE_integer("train_size", None, "Training canvases to generate (default 20000; "
-                     "--quick: 4000).")
-flags.DEFINE_integer("test_size", None, "Test canvases to generate (default 2000; --quick: 1000).")
-flags.DEFINE_bool("quick", False, "A few-minute version: fewer canvases and steps "
-                  "(default output_dir runs/digits_quick).")
-flags.DEFINE_bool("full_res_baseline", False, "--stage=all: also train and report the "
-                  "baseline on the whole 256 px canvas.")
-flags.DEFINE_bool("no_per_feature_reg", False, "Train TNet by eq. (1) alone "
-                  "(lambda_c = lambda_r = 1): the ablation of per-feature regularization.")
 FLAGS = flags.FLAGS
-
 SIZES = {False: (20000, 2000), True: (4000, 1000)}     # (train, test) canvases by --quick
 TNET_STAGES = ("train_128", "finetune_256")
 BASELINES = ("baseline_64", "baseline_256")
+# generate_data is bound to the canvas counts of the command in `main`.
+ENTRY = Entry(dataset="digits", recipes=recipes.DIGITS, eval_split="test",
+              tnet_stages=TNET_STAGES)
+
+
+def define_flags() -> None:
+    flags.DEFINE_integer("train_size", None, "Training canvases to generate (default 20000; "
+                         "--quick: 4000).")
+    flags.DEFINE_integer("test_size", None, "Test canvases to generate (default 2000; "
+                         "--quick: 1000).")
+    flags.DEFINE_bool("quick", False, "A few-minute version: fewer canvases and steps "
+                      "(default output_dir runs/digits_quick).")
+    flags.DEFINE_bool("full_res_baseline", False, "--stage=all: also train and report the "
+                      "baseline on the whole 256 px canvas.")
+    flags.DEFINE_bool("no_per_feature_reg", False, "Train TNet by eq. (1) alone "
+                      "(lambda_c = lambda_r = 1): the ablation of per-feature regularization.")
+    runner.define_flags(ENTRY, default_stage="all", extra_stages=("all",))
+    flags.DEFINE_alias("output_dir", "model_dir")
 
 
 def sizes():
@@ -54,8 +64,9 @@ def sizes():
     return FLAGS.train_size or train, FLAGS.test_size or test
 
 
-def generate(folder: str) -> None:
-    for split, count, shards in zip(("train", "test"), sizes(), (16, 4)):
+def generate(folder: str, sizes=SIZES[False]) -> None:
+    """Writes `sizes` (train, test) canvases into `folder`."""
+    for split, count, shards in zip(("train", "test"), sizes, (16, 4)):
         digits.write_split(folder, split, count, min(shards, count), seed=0, workers=2,
                            progress=True)
 
@@ -83,18 +94,13 @@ def stage_recipes():
     return chosen
 
 
-ENTRY = runner.Entry(dataset="digits", recipes=recipes.DIGITS, eval_split="test",
-                     tnet_stages=TNET_STAGES, generate_data=generate)
-runner.define_flags(ENTRY, default_stage="all", extra_stages=("all",))
-flags.DEFINE_alias("output_dir", "model_dir")
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.model_dir is None:
         FLAGS.model_dir = "runs/digits_quick" if FLAGS.quick else "runs/digits"
-    entry = dataclasses.replace(ENTRY, recipes=stage_recipes())
+    entry = dataclasses.replace(ENTRY, recipes=stage_recipes(),
+                                generate_data=functools.partial(generate, sizes=sizes()))
     if FLAGS.data_dir is None and not FLAGS.smoke:     # --smoke makes its own tiny data
         check_generated_data()
         FLAGS.data_dir = os.path.join(FLAGS.model_dir, "data")
@@ -107,16 +113,19 @@ def main(argv):
         plan.remove("baseline_256")
     for number, stage in enumerate(plan, start=1):
         elapsed = _minutes(time.time() - started)
-        if os.path.exists(runner.final_checkpoint(stage) + "/checkpoint"):
+        if os.path.exists(os.path.join(FLAGS.model_dir, stage, "final", "checkpoint")):
             print(f"[{number}/{len(plan) + 1}] {stage}: finished in an earlier run, kept")
             continue
         print(f"[{number}/{len(plan) + 1}] {stage} (elapsed {elapsed})", flush=True)
-        FLAGS.stage = stage
-        runner.run(entry)
+        runner.run(entry, stage)
     print(f"[{len(plan) + 1}/{len(plan) + 1}] report (elapsed {_minutes(time.time() - started)})",
           flush=True)
     from experiments import digits_report
-    digits_report.report(entry, [s for s in plan if s in BASELINES])
+    try:
+        config = stages.prepare_data(runner.read_flags(entry, "evaluate"))
+    except runner.FlagError as error:
+        sys.exit(f"error: {error}")
+    digits_report.report(config, [s for s in plan if s in BASELINES])
     print(f"digits demo finished in {_minutes(time.time() - started)}")
 
 
@@ -125,4 +134,5 @@ def _minutes(seconds: float) -> str:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -20,12 +20,11 @@ from typing import Sequence
 
 import numpy as np
 
-import tnet_tf
-from experiments import runner, stages
+from experiments import stages
+from experiments.run_config import RunConfig
 from tnet_tf import evaluation, plots, profiling, tables
 from tnet_tf.data import pipeline
 
-FLAGS = runner.FLAGS
 ATTENTION_CANVASES = 16
 TIMING = {"batch_size": 16, "num_batches": 5, "warmup_batches": 2}
 COLUMNS = ("model", "input_size", "locations", "accuracy", "gflops", "ms_per_image",
@@ -33,17 +32,17 @@ COLUMNS = ("model", "input_size", "locations", "accuracy", "gflops", "ms_per_ima
            "hit_rate_l3_chance")
 
 
-def canvas_size() -> int:
-    with open(os.path.join(FLAGS.data_dir, f"{FLAGS.eval_split}_report.json")) as handle:
+def canvas_size(run: RunConfig) -> int:
+    with open(os.path.join(run.data_dir, f"{run.eval_split}_report.json")) as handle:
         return int(json.load(handle)["spec"]["canvas_size"])
 
 
-def test_dataset(entry, size: int, batch_size: int = 100, with_boxes: bool = True):
+def test_dataset(run: RunConfig, size: int, batch_size: int = 100, with_boxes: bool = True):
     config = pipeline.input_config_for(
-        entry.dataset, file_pattern=runner.shard_pattern(FLAGS.eval_split), image_size=size,
+        run.entry.dataset, file_pattern=run.shard_pattern(run.eval_split), image_size=size,
         batch_size=batch_size, training=False, with_object_box=with_boxes)
     dataset = pipeline.make_dataset(config)
-    return dataset.take(FLAGS.eval_steps) if FLAGS.eval_steps else dataset
+    return dataset.take(run.eval_steps) if run.eval_steps else dataset
 
 
 def full_res_percent(row: dict, size: int, config, canvas: int) -> float:
@@ -58,12 +57,11 @@ def full_res_percent(row: dict, size: int, config, canvas: int) -> float:
     return 0.0
 
 
-def tnet_rows(entry, canvas: int):
-    stage = entry.tnet_stages[-1]
-    model, recipe, config = stages.restore(stage)
+def tnet_rows(run: RunConfig, canvas: int):
+    model, recipe, config = stages.restore(run, run.entry.tnet_stages[-1])
     rows = []
-    for size, budgets in _by_size(stages.evaluation_plan(entry, config, recipe)):
-        results = evaluation.evaluate_budgets(model, test_dataset(entry, size), budgets,
+    for size, budgets in stages.by_size(stages.evaluation_plan(run, config, recipe)):
+        results = evaluation.evaluate_budgets(model, test_dataset(run, size), budgets,
                                               progress=print)
         for result in results:
             kwargs = {"locations": result["locations"]}
@@ -81,11 +79,11 @@ def tnet_rows(entry, canvas: int):
     return rows, model, recipe
 
 
-def baseline_row(entry, stage: str, canvas: int) -> dict:
-    model, recipe, _ = stages.restore(stage)
+def baseline_row(run: RunConfig, stage: str, canvas: int) -> dict:
+    model, recipe, _ = stages.restore(run, stage)
     size = recipe.input_size
     correct = count = 0
-    for images, labels in test_dataset(entry, size, with_boxes=False):
+    for images, labels in test_dataset(run, size, with_boxes=False):
         predictions = np.argmax(model(images, training=False).numpy(), axis=-1)
         correct += int(np.sum(predictions == labels.numpy()))
         count += len(predictions)
@@ -99,20 +97,21 @@ def baseline_row(entry, stage: str, canvas: int) -> dict:
             "params": model.count_params()}
 
 
-def attention_grid(entry, model, recipe, path: str) -> str:
+def attention_grid(run: RunConfig, model, recipe, path: str) -> str:
     """TNet's attention at its training budget on the first test canvases."""
-    images, labels, _ = next(iter(test_dataset(entry, recipe.input_size, ATTENTION_CANVASES)))
+    images, labels, _ = next(iter(test_dataset(run, recipe.input_size, ATTENTION_CANVASES)))
     outputs = model(images, locations=list(recipe.locations), training=False)
     return plots.attention_grid(images.numpy(), outputs, labels.numpy(), path)
 
 
-def report(entry, baselines: Sequence[str]) -> list:
-    """Evaluates TNet and `baselines` (stage names); writes the table, the
-    JSON, the accuracy-vs-GFLOPs plot and the attention figure."""
-    canvas = canvas_size()
-    rows, model, recipe = tnet_rows(entry, canvas)
-    rows += [baseline_row(entry, stage, canvas) for stage in baselines]
-    folder = FLAGS.model_dir
+def report(run: RunConfig, baselines: Sequence[str]) -> list:
+    """Evaluates TNet and `baselines` (stage names) of the run's folder;
+    writes the table, the JSON, the accuracy-vs-GFLOPs plot and the
+    attention figure."""
+    canvas = canvas_size(run)
+    rows, model, recipe = tnet_rows(run, canvas)
+    rows += [baseline_row(run, stage, canvas) for stage in baselines]
+    folder = run.model_dir
     with open(os.path.join(folder, "results.json"), "w") as handle:
         json.dump(rows, handle, indent=1)
     tables.write_table([{k: row.get(k) for k in COLUMNS} for row in rows],
@@ -120,14 +119,10 @@ def report(entry, baselines: Sequence[str]) -> list:
     plot = plots.accuracy_vs_flops([os.path.join(folder, "results.json")],
                                    os.path.join(folder, "accuracy_vs_gflops.png"),
                                    metric="accuracy")
-    figure = attention_grid(entry, model, recipe, os.path.join(folder, "attention.png"))
+    figure = attention_grid(run, model, recipe, os.path.join(folder, "attention.png"))
     with open(os.path.join(folder, "results.md")) as handle:
         print(handle.read())
     print(f"wrote {folder}/results.md, results.json, {os.path.basename(plot)} and "
           f"{os.path.basename(figure)}")
     return rows
 
-
-def _by_size(plan):
-    for size in sorted({s for s, _ in plan}):
-        yield size, [b for s, b in plan if s == size]

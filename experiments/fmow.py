@@ -13,16 +13,12 @@ field can be overridden by its flag. `--smoke` runs a stage end to end on a
 tiny generated dataset in about a minute. Rerunning an interrupted stage
 with the same command resumes it.
 """
-from absl import app
-
 from experiments import recipes, runner
+from experiments.run_config import Entry
 
-ENTRY = runner.Entry(dataset="fmow", recipes=recipes.FMOW, eval_split="test",
-                     tnet_stages=("train_448", "finetune_896"))
-runner.define_flags(ENTRY, default_stage="train_448")
-
-main = runner.main_for(ENTRY)
+ENTRY = Entry(dataset="fmow", recipes=recipes.FMOW, eval_split="test",
+              tnet_stages=("train_448", "finetune_896"))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    runner.start(ENTRY, default_stage="train_448")

@@ -8,16 +8,12 @@
 Defaults are the paper's recipe (experiments/recipes.py); `--smoke` checks an
 installation on generated data in about a minute.
 """
-from absl import app
-
 from experiments import recipes, runner
+from experiments.run_config import Entry
 
-ENTRY = runner.Entry(dataset="imagenet", recipes=recipes.IMAGENET, eval_split="validation",
-                     tnet_stages=("train",))
-runner.define_flags(ENTRY, default_stage="train")
-
-main = runner.main_for(ENTRY)
+ENTRY = Entry(dataset="imagenet", recipes=recipes.IMAGENET, eval_split="validation",
+              tnet_stages=("train",))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    runner.start(ENTRY, default_stage="train")

@@ -45,7 +45,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from absl import app, flags
 
-from experiments.runner import FlagError
+from experiments.run_config import FlagError
 
 MODELS = ("tnet", "baseline")
 MEASURES = ("params", "flops", "time", "memory")

@@ -3,12 +3,34 @@
 A `Recipe` holds everything a stage needs besides the data location: the
 model (a preset plus overrides), what it is trained on, and the learning
 rule. Entry points print and save the resolved recipe with every run; any
-field can be overridden by a flag of the same name.
+training field can be overridden by a flag of the same name.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from tnet_tf.training import SCHEDULES
+
+MODELS = ("tnet", "baseline")
+
+
+class FieldError(ValueError):
+    """A bad recipe value; `field` names it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+def merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> Dict[str, Any]:
+    """`base` updated by `changes`, nested dicts (the backbone's fields) merged."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            value = merge(merged[key], value)
+        merged[key] = value
+    return merged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,9 +38,14 @@ class Recipe:
     """One training stage.
 
     model: "tnet" or "baseline". preset: tnet_tf preset name.
-    input_size / locations: the training input side and TNet budget.
+    model_overrides: `TNetConfig` fields that differ from the preset, applied
+    with `get_preset(preset, **model_overrides)`; "backbone" is a dict of
+    `BackboneConfig` fields, e.g. {"dropout": 0.5, "backbone":
+    {"stochastic_depth": 0.3}} (the stage's regularisation, pretrained
+    weights, another backbone).
+    input_size / locations: the training input side and TNet budget (the
+    model config takes them too).
     evaluation_budgets: the budgets `--stage=evaluate` reports.
-    dropout / stochastic_depth / spatial_dropout: regularisation of the model.
     epochs, global_batch_size, learning_rate, lr_schedule ("drop": x0.1 at
     80 % of the steps, as in the paper; "cosine": cosine decay to 0; both
     span `epochs`), stop_after_epochs (early stop: train this many epochs of
@@ -32,18 +59,14 @@ class Recipe:
     bbox_crops: train and evaluate on the context crops around the boxes.
     augment: the B.2 training augmentation (off for digits: a flip changes them).
     cache_decoded: keep the decoded training images in memory (small datasets).
-    pretrained: backbone weights ("imagenet" or a Keras weight file).
-    location_stop_gradient: None keeps the preset's (`TNetConfig`).
     """
 
     model: str = "tnet"
     preset: str = "fmow"
+    model_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     input_size: int = 448
     locations: Tuple[int, ...] = (2,)
     evaluation_budgets: Tuple[Tuple[int, ...], ...] = ((0,), (1,), (2,), (3,))
-    dropout: Optional[float] = None
-    stochastic_depth: Optional[float] = None
-    spatial_dropout: Optional[float] = None
     epochs: int = 40
     stop_after_epochs: Optional[int] = None
     global_batch_size: int = 64
@@ -62,9 +85,22 @@ class Recipe:
     bbox_crops: bool = False
     augment: bool = True
     cache_decoded: bool = False
-    pretrained: Optional[str] = None
-    backbone: Optional[str] = None
-    location_stop_gradient: Optional[bool] = None
+
+    def __post_init__(self):
+        _check(self.model in MODELS, "model", f"{self.model!r} is not one of {', '.join(MODELS)}")
+        _check(self.lr_schedule in SCHEDULES, "lr_schedule",
+               f"{self.lr_schedule!r} is not one of {', '.join(SCHEDULES)}")
+        for name in ("input_size", "epochs", "global_batch_size"):
+            _check(getattr(self, name) >= 1, name, f"{getattr(self, name)} must be >= 1")
+        _check(self.stop_after_epochs is None or self.stop_after_epochs >= 1,
+               "stop_after_epochs", f"{self.stop_after_epochs} must be >= 1")
+        for name in ("learning_rate", "backbone_learning_rate"):
+            value = getattr(self, name)
+            _check(value is None or value > 0, name, f"{value} must be > 0")
+        for name in ("weight_decay", "lambda_f", "lambda_c", "lambda_r", "random_warmup_steps",
+                     "contrastive_weight"):
+            _check(getattr(self, name) >= 0, name, f"{getattr(self, name)} must be >= 0")
+        object.__setattr__(self, "model_overrides", dict(self.model_overrides))
 
     @property
     def training_epochs(self) -> int:
@@ -74,33 +110,61 @@ class Recipe:
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **changes)
 
+    def override_model(self, **changes) -> "Recipe":
+        """The recipe with `changes` merged into its model overrides."""
+        return self.replace(model_overrides=merge(self.model_overrides, changes))
 
-_FMOW_BASELINE = Recipe(model="baseline", input_size=224, dropout=0.75, stochastic_depth=0.5,
-                        weight_decay=1e-5, epochs=60, evaluation_budgets=())
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "Recipe":
+        """The recipe `dataclasses.asdict` saved (JSON lists back to tuples);
+        keys of fields that no longer exist are ignored (older runs)."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: _tuples(value) for key, value in values.items() if key in names})
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _check(condition: bool, field: str, message: str) -> None:
+    if not condition:
+        raise FieldError(field, message)
+
+
+
+_FMOW_BASELINE = Recipe(model="baseline", input_size=224, weight_decay=1e-5, epochs=60,
+                        model_overrides={"dropout": 0.75, "backbone": {"stochastic_depth": 0.5}},
+                        evaluation_budgets=())
 
 FMOW: Dict[str, Recipe] = {
     "train_448": Recipe(input_size=448, locations=(2,), epochs=40, learning_rate=1e-3,
-                        lambda_c=0.2, lambda_r=0.2, dropout=0.5, stochastic_depth=0.3),
+                        lambda_c=0.2, lambda_r=0.2,
+                        model_overrides={"dropout": 0.5, "backbone": {"stochastic_depth": 0.3}}),
     "finetune_896": Recipe(input_size=896, locations=(2, 1), epochs=10, learning_rate=1e-3,
-                           lambda_c=0.05, lambda_r=0.05, dropout=0.5, stochastic_depth=0.5,
-                           max_feature_level=2, init_from="train_448",
+                           lambda_c=0.05, lambda_r=0.05, max_feature_level=2,
+                           model_overrides={"dropout": 0.5,
+                                            "backbone": {"stochastic_depth": 0.5}},
+                           init_from="train_448",
                            evaluation_budgets=((0,), (1,), (2,), (3,), (2, 1), (2, 2))),
     "baseline_bbox": _FMOW_BASELINE.replace(epochs=65, bbox_crops=True),
     "baseline_224": _FMOW_BASELINE,
-    "baseline_448": _FMOW_BASELINE.replace(input_size=448, global_batch_size=32, epochs=30,
-                                           stochastic_depth=0.3),
-    "baseline_896": _FMOW_BASELINE.replace(input_size=896, global_batch_size=32, epochs=30,
-                                           dropout=0.3, stochastic_depth=0.2),
+    "baseline_448": _FMOW_BASELINE.replace(input_size=448, global_batch_size=32, epochs=30)
+                                  .override_model(backbone={"stochastic_depth": 0.3}),
+    "baseline_896": _FMOW_BASELINE.replace(input_size=896, global_batch_size=32, epochs=30)
+                                  .override_model(dropout=0.3,
+                                                  backbone={"stochastic_depth": 0.2}),
 }
 
 IMAGENET: Dict[str, Recipe] = {
     "train": Recipe(preset="imagenet", input_size=224, locations=(3,), epochs=200,
-                    learning_rate=1e-4, lambda_c=0.3, lambda_r=0.3, spatial_dropout=0.5,
+                    learning_rate=1e-4, lambda_c=0.3, lambda_r=0.3,
+                    model_overrides={"backbone": {"spatial_dropout": 0.5}},
                     evaluation_budgets=((0,), (1,), (2,), (3,), (4,), (5,))),
     # Dropout keep probability 0.375 (drop 0.625). The 200-epoch schedule (x0.1 at
     # epoch 160), early-stopped after 175 epochs ("we early-stop after 175 epochs").
     "baseline": Recipe(model="baseline", preset="imagenet", input_size=224, epochs=200,
-                       stop_after_epochs=175, learning_rate=1e-4, spatial_dropout=0.625,
+                       stop_after_epochs=175, learning_rate=1e-4,
+                       model_overrides={"backbone": {"spatial_dropout": 0.625}},
                        evaluation_budgets=()),
 }
 
@@ -108,7 +172,9 @@ IMAGENET: Dict[str, Recipe] = {
 def _birds(preset: str) -> Dict[str, Recipe]:
     tnet = Recipe(preset=preset, input_size=448, locations=(5,), epochs=200,
                   learning_rate=1e-3, backbone_learning_rate=1e-4, lambda_c=0.3, lambda_r=0.3,
-                  dropout=0.75, stochastic_depth=0.5, weight_decay=1e-4, pretrained="imagenet",
+                  weight_decay=1e-4,
+                  model_overrides={"dropout": 0.75, "backbone": {"stochastic_depth": 0.5,
+                                                                 "pretrained": "imagenet"}},
                   contrastive_weight=100.0, contrastive_margin=0.4,   # every CUB run, baselines too
                   evaluation_budgets=((0,), (1,), (3,), (5,)))
     return {"train": tnet,
@@ -138,9 +204,9 @@ DIGITS: Dict[str, Recipe] = {
     # are evaluated from this stage on. Dropout 0.5 as in fMoW's fine-tuning:
     # this stage fits its training canvases.
     "finetune_256": _DIGITS_TNET.replace(input_size=256, locations=(2, 1), epochs=6,
-                                         dropout=0.5, random_warmup_steps=0,
-                                         init_from="train_128",
-                                         evaluation_budgets=((0,), (1,), (2,), (2, 1), (2, 2))),
+                                         random_warmup_steps=0, init_from="train_128",
+                                         evaluation_budgets=((0,), (1,), (2,), (2, 1), (2, 2)))
+                                .override_model(dropout=0.5),
     "baseline_64": _DIGITS_BASELINE,
     "baseline_256": _DIGITS_BASELINE.replace(input_size=256),
 }

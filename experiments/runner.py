@@ -1,82 +1,38 @@
-"""What every dataset entry point shares: flags, validation, the run directory
-and the dispatch to the stages (`experiments.stages`).
+"""The flags of the dataset entry points, read once into a `RunConfig`.
 
 An entry point (e.g. `experiments/fmow.py`) calls `define_flags` with its
-stages and `run` from its `main`; everything else happens here, so the
-datasets differ only in their recipes.
+`Entry` and runs `main_for(entry)`: the flags become one frozen
+`run_config.RunConfig` (`read_flags`), which `experiments.stages.run`
+validates, saves and runs. This is the only module of `experiments/`
+besides the entry points that reads `FLAGS`.
 """
 from __future__ import annotations
 
 import dataclasses
-import glob
-import json
-import os
 import sys
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 from absl import app, flags
 
-from experiments.recipes import BACKBONE_EPOCHS, Recipe
+from experiments import stages
+from experiments.recipes import SCHEDULES, Recipe
+from experiments.run_config import STRATEGIES, TOOL_STAGES, Entry, FlagError, RunConfig, resolve
 
 FLAGS = flags.FLAGS
-TOOL_STAGES = ("evaluate", "profile", "visualize")
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-# --smoke: the compact backbone at a 32 px base resolution on generated digits.
-SMOKE_BASE = 32
-SMOKE_CLASSES = 10
-
-
-class FlagError(ValueError):
-    """A bad flag value; the message names the flag."""
-
-    def __init__(self, flag: str, message: str):
-        super().__init__(f"--{flag}: {message}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    """One dataset's entry point: its name, stages and defaults."""
-
-    dataset: str                    # tnet_tf data pipeline name (fmow, imagenet, cub, nabirds)
-    recipes: Dict[str, Recipe]      # training stages in the order they run
-    eval_split: str                 # shard prefix evaluated by default
-    tnet_stages: Tuple[str, ...]    # TNet training stages, last = the one evaluated
-    # Writes the dataset into a folder when --data_dir has none (datasets we can generate).
-    generate_data: Optional[Callable[[str], None]] = None
-
-
-def define_flags(entry: Entry, default_stage: str, extra_stages: Sequence[str] = ()) -> None:
-    """Defines the flags of an entry point; `extra_stages` are stages the
-    entry point runs itself (e.g. the digits demo's "all")."""
-    stages = list(extra_stages) + list(entry.recipes) + list(TOOL_STAGES)
-    flags.DEFINE_enum("stage", default_stage, stages, "What to run.")
-    flags.DEFINE_string("data_dir", None, "Folder of the TFRecord shards (data_prep output).")
-    flags.DEFINE_string("model_dir", None, "Run folder; each stage writes to its subfolder.")
-    flags.DEFINE_enum("strategy", "default", list(STRATEGIES), "tf.distribute strategy.")
-    flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu.")
-    flags.DEFINE_integer("steps_per_epoch", None, "Default: training images / global batch.")
-    flags.DEFINE_bool("mixed_precision", False, "bfloat16 on CPU/TPU, float16 on GPU.")
-    flags.DEFINE_integer("seed", 0, "Seed of weights, data order and augmentation.")
-    flags.DEFINE_bool("smoke", False, "Run the stage end to end on a tiny generated dataset "
-                      "with a compact model, to check an installation (about a minute).")
-    flags.DEFINE_string("init_checkpoint", None, "Checkpoint that initialises the stage; "
-                        "default: the final checkpoint of the recipe's init_from stage.")
-    flags.DEFINE_string("checkpoint_stage", entry.tnet_stages[-1],
-                        "evaluate / visualize / profile: the stage whose final checkpoint "
-                        "is used.")
-    flags.DEFINE_string("eval_split", entry.eval_split, "Shard prefix to evaluate.")
-    flags.DEFINE_multi_string("budgets", None, "evaluate: location budgets, e.g. '0;1;2,1'; "
-                              "default: the recipe's.")
-    flags.DEFINE_bool("profile", False, "evaluate: also measure ms/image and memory.")
-    flags.DEFINE_bool("export_attention", False, "evaluate: CSV of every attended box.")
-    flags.DEFINE_integer("num_images", 8, "visualize: images to draw.")
-    flags.DEFINE_integer("eval_steps", None, "Evaluate at most this many batches.")
-    flags.DEFINE_integer("save_every", 500, "Checkpoint every this many steps.")
-    _define_recipe_flags()
-
+__all__ = ["Entry", "FlagError", "define_flags", "main_for", "read_flags", "run", "start"]
 
 # Recipe fields that make a stage what it is; every other field is a flag.
-STAGE_FIELDS = ("model", "preset", "evaluation_budgets", "init_from")
+STAGE_FIELDS = ("model", "preset", "model_overrides", "evaluation_budgets", "init_from")
+# Flags that override the model config: flag name -> TNetConfig field
+# ("backbone.<field>": a BackboneConfig field); typed by that field.
+MODEL_FLAGS = {
+    "dropout": "dropout",
+    "location_stop_gradient": "location_stop_gradient",
+    "backbone": "backbone.name",
+    "stochastic_depth": "backbone.stochastic_depth",
+    "spatial_dropout": "backbone.spatial_dropout",
+    "pretrained": "backbone.pretrained",
+}
 # Help beyond "Override the recipe's <field>." for some of the flags.
 _FLAG_HELP = {
     "global_batch_size": "Batch over all replicas.",
@@ -89,30 +45,76 @@ _FLAG_HELP = {
 }
 
 
+def define_flags(entry: Entry, default_stage: str, extra_stages: Sequence[str] = (),
+                 flag_values=FLAGS) -> None:
+    """Defines the flags of an entry point; `extra_stages` are stages the
+    entry point runs itself (e.g. the digits demo's "all"). Every flag but
+    --stage and the recipe / model ones is the `RunConfig` field of its name."""
+    stage_names = list(extra_stages) + list(entry.recipes) + list(TOOL_STAGES)
+    flags.DEFINE_enum("stage", default_stage, stage_names, "What to run.",
+                      flag_values=flag_values)
+    flags.DEFINE_enum("strategy", "default", list(STRATEGIES), "tf.distribute strategy.",
+                      flag_values=flag_values)
+    run_flags = [
+        ("string", "data_dir", None, "Folder of the TFRecord shards (data_prep output)."),
+        ("string", "model_dir", None, "Run folder; each stage writes to its subfolder."),
+        ("string", "tpu", None, "TPU name or address for --strategy=tpu."),
+        ("integer", "steps_per_epoch", None, "Default: training images / global batch."),
+        ("bool", "mixed_precision", False, "bfloat16 on CPU/TPU, float16 on GPU."),
+        ("integer", "seed", 0, "Seed of weights, data order and augmentation."),
+        ("bool", "smoke", False, "Run the stage end to end on a tiny generated dataset with a "
+         "compact model, to check an installation (about a minute)."),
+        ("string", "init_checkpoint", None, "Checkpoint that initialises the stage; default: "
+         "the final checkpoint of the recipe's init_from stage."),
+        ("string", "checkpoint_stage", entry.tnet_stages[-1], "evaluate / visualize / "
+         "profile: the stage whose final checkpoint is used."),
+        ("string", "eval_split", entry.eval_split, "Shard prefix to evaluate."),
+        ("multi_string", "budgets", None, "evaluate: location budgets, e.g. '0;1;2,1'; "
+         "default: the recipe's."),
+        ("bool", "profile", False, "evaluate: also measure ms/image and memory."),
+        ("bool", "export_attention", False, "evaluate: CSV of every attended box."),
+        ("integer", "num_images", 8, "visualize: images to draw."),
+        ("integer", "eval_steps", None, "Evaluate at most this many batches."),
+        ("integer", "save_every", 500, "Checkpoint every this many steps."),
+    ]
+    for kind, name, default, text in run_flags:
+        getattr(flags, f"DEFINE_{kind}")(name, default, text, flag_values=flag_values)
+    _define_recipe_flags(flag_values)
+
+
 def recipe_flag_fields() -> List[dataclasses.Field]:
     """The Recipe fields that flags override, one flag of the same name each."""
     return [field for field in dataclasses.fields(Recipe) if field.name not in STAGE_FIELDS]
 
 
+def _model_field(path: str) -> dataclasses.Field:
+    from tnet_tf.config import BackboneConfig, TNetConfig
+    owner, name = (BackboneConfig, path.split(".")[1]) if "." in path else (TNetConfig, path)
+    return next(field for field in dataclasses.fields(owner) if field.name == name)
+
+
 def _define_recipe_flags(flag_values=FLAGS) -> None:
-    """One flag per recipe field, typed by the field (default None: the recipe's)."""
-    for field in recipe_flag_fields():
+    """One flag per recipe field and per `MODEL_FLAGS` entry, typed by its
+    field (default None: the recipe's)."""
+    fields = [(field.name, field) for field in recipe_flag_fields()]
+    fields += [(name, _model_field(path)) for name, path in MODEL_FLAGS.items()]
+    for name, field in fields:
         kind = str(field.type)   # the annotation's text (postponed annotations)
-        text = f"Override the recipe's {field.name}. {_FLAG_HELP.get(field.name, '')}".strip()
-        if field.name == "lr_schedule":
-            flags.DEFINE_enum(field.name, None, ["drop", "cosine"], text,
-                              flag_values=flag_values)  # training.SCHEDULES
+        owner = "recipe's" if name not in MODEL_FLAGS else "model config's"
+        text = f"Override the {owner} {name}. {_FLAG_HELP.get(name, '')}".strip()
+        if name == "lr_schedule":
+            flags.DEFINE_enum(name, None, list(SCHEDULES), text, flag_values=flag_values)
         elif "bool" in kind:
-            flags.DEFINE_bool(field.name, None, text, flag_values=flag_values)
+            flags.DEFINE_bool(name, None, text, flag_values=flag_values)
         elif "float" in kind:
-            flags.DEFINE_float(field.name, None, text, flag_values=flag_values)
+            flags.DEFINE_float(name, None, text, flag_values=flag_values)
         elif kind in ("int", "Optional[int]"):
-            flags.DEFINE_integer(field.name, None, text, flag_values=flag_values)
-        else:   # strings, and the budget tuple parsed by resolve_recipe
-            flags.DEFINE_string(field.name, None, text, flag_values=flag_values)
+            flags.DEFINE_integer(name, None, text, flag_values=flag_values)
+        else:   # strings, and the budget tuple parsed by read_flags
+            flags.DEFINE_string(name, None, text, flag_values=flag_values)
 
 
-def parse_budget(text: str, flag: str) -> Tuple[int, ...]:
+def _budget(text: str, flag: str):
     from tnet_tf import budget
     try:
         return budget.parse(text)
@@ -120,155 +122,45 @@ def parse_budget(text: str, flag: str) -> Tuple[int, ...]:
         raise FlagError(flag, str(error)) from None
 
 
-def resolve_recipe(recipe: Recipe) -> Recipe:
-    """The recipe with every flag that was given applied."""
-    changes = {field.name: FLAGS[field.name].value for field in recipe_flag_fields()
-               if FLAGS[field.name].value is not None}
-    if FLAGS.locations is not None:
-        changes["locations"] = parse_budget(FLAGS.locations, "locations")
-    if FLAGS.backbone is not None:
-        name = FLAGS.backbone if FLAGS.backbone in _backbones() else \
-            f"efficientnet-{FLAGS.backbone}"
-        if name not in _backbones():
-            raise FlagError("backbone", f"{FLAGS.backbone!r} is not one of b0..b4 or "
-                            f"{', '.join(_backbones())}")
-        changes["backbone"] = name
-        if FLAGS.epochs is None and name in BACKBONE_EPOCHS:
-            changes["epochs"] = BACKBONE_EPOCHS[name]
-    recipe = recipe.replace(**changes)
-    if FLAGS.smoke:
-        recipe = smoke_recipe(recipe)
-    return recipe
-
-
-def _backbones():
+def _backbone_name(text: str) -> str:
     from tnet_tf.config import BACKBONES
-    return BACKBONES
+    name = text if text in BACKBONES else f"efficientnet-{text}"
+    if name not in BACKBONES:
+        raise FlagError("backbone", f"{text!r} is not one of b0..b4 or {', '.join(BACKBONES)}")
+    return name
 
 
-def smoke_recipe(recipe: Recipe) -> Recipe:
-    """The recipe shrunk for `--smoke`: sizes scaled to a 32 px base, 2 short epochs."""
-    import tnet_tf
-    base = tnet_tf.get_preset(recipe.preset).base_resolution
-    return recipe.replace(input_size=max(SMOKE_BASE, round(recipe.input_size * SMOKE_BASE / base)),
-                          epochs=min(recipe.epochs, 2), global_batch_size=8, pretrained=None,
-                          backbone=None)
+def read_flags(entry: Entry, stage: Optional[str] = None, flag_values=FLAGS) -> RunConfig:
+    """The run that the flags ask for (`stage` overrides --stage); raises
+    FlagError naming the bad flag."""
+    values = {name: flag_values[name].value for name in flag_values}
+    recipe_changes = {field.name: values[field.name] for field in recipe_flag_fields()
+                      if values[field.name] is not None}
+    if "locations" in recipe_changes:
+        recipe_changes["locations"] = _budget(recipe_changes["locations"], "locations")
+    model_overrides = {}
+    for name, path in MODEL_FLAGS.items():
+        if values[name] is not None:
+            value = _backbone_name(values[name]) if name == "backbone" else values[name]
+            if "." in path:
+                model_overrides.setdefault("backbone", {})[path.split(".")[1]] = value
+            else:
+                model_overrides[path] = value
+    options = {field.name: values[field.name] for field in dataclasses.fields(RunConfig)
+               if field.name in values and field.name not in ("stage", "budgets")}
+    budgets = [text for value in values["budgets"] or [] for text in value.split(";") if text]
+    if budgets:
+        options["budgets"] = tuple(_budget(text, "budgets") for text in budgets)
+    return resolve(entry, stage or values["stage"], recipe_changes=recipe_changes,
+                   model_overrides=model_overrides, **options)
 
 
-def model_config(recipe: Recipe):
-    """The TNetConfig of a recipe (smoke runs: compact backbone, 32 px base)."""
-    import tnet_tf
-    from tnet_tf.config import TINY_SIZE_FIELDS
-
-    preset = tnet_tf.get_preset(recipe.preset)
-    backbone = dataclasses.replace(preset.backbone, **{
-        key: value for key, value in (("name", recipe.backbone),
-                                      ("stochastic_depth", recipe.stochastic_depth),
-                                      ("spatial_dropout", recipe.spatial_dropout),
-                                      ("pretrained", recipe.pretrained)) if value is not None})
-    changes = dict(backbone=backbone, input_size=recipe.input_size, locations=recipe.locations)
-    for name in ("dropout", "location_stop_gradient"):
-        if getattr(recipe, name) is not None:
-            changes[name] = getattr(recipe, name)
-    if FLAGS.smoke:
-        tiny = tnet_tf.get_preset("tiny", base_resolution=SMOKE_BASE)
-        changes.update({name: getattr(tiny, name) for name in TINY_SIZE_FIELDS},
-                       num_classes=SMOKE_CLASSES)
-    return dataclasses.replace(preset, **changes)
-
-
-def stage_dir(stage: str) -> str:
-    return os.path.join(FLAGS.model_dir, stage)
-
-
-def final_checkpoint(stage: str) -> str:
-    return os.path.join(stage_dir(stage), "final")
-
-
-def shard_pattern(split: str) -> str:
-    return os.path.join(FLAGS.data_dir, f"{split}-*")
-
-
-def validate(entry: Entry, stage: str, recipe: Optional[Recipe]):
-    """Checks flags, data and checkpoints before any work; raises FlagError.
-    Returns the training stage's TNetConfig (None for the tool stages)."""
-    import tensorflow as tf
-    from tnet_tf import budget
-
-    if not FLAGS.model_dir:
-        raise FlagError("model_dir", "is required (the run folder)")
-    if not FLAGS.smoke and stage != "profile":
-        if not FLAGS.data_dir:
-            raise FlagError("data_dir", "is required (the folder of the TFRecord shards)")
-        if not os.path.isdir(FLAGS.data_dir):
-            raise FlagError("data_dir", f"{FLAGS.data_dir} does not exist")
-        needed = [FLAGS.eval_split] if stage in TOOL_STAGES else ["train", FLAGS.eval_split]
-        for split in needed:
-            if not tf.io.gfile.glob(shard_pattern(split)):
-                raise FlagError("data_dir", f"{FLAGS.data_dir} has no {split}-* shards; write "
-                                f"them with python -m data_prep.{entry.dataset}")
-    if FLAGS.global_batch_size is not None and FLAGS.global_batch_size < 1:
-        raise FlagError("global_batch_size", f"{FLAGS.global_batch_size} must be >= 1")
-    if FLAGS.epochs is not None and FLAGS.epochs < 1:
-        raise FlagError("epochs", f"{FLAGS.epochs} must be >= 1")
-    if FLAGS.strategy == "tpu" and not FLAGS.tpu and "TPU_NAME" not in os.environ:
-        raise FlagError("tpu", "--strategy=tpu needs --tpu (or TPU_NAME)")
-    if stage in TOOL_STAGES:
-        checkpoint_stage = FLAGS.checkpoint_stage
-        if checkpoint_stage not in entry.recipes:
-            raise FlagError("checkpoint_stage", f"{checkpoint_stage!r} is not a stage of "
-                            f"{entry.dataset}: {', '.join(entry.recipes)}")
-        if stage != "profile" and not os.path.exists(final_checkpoint(checkpoint_stage) +
-                                                     "/checkpoint"):
-            raise FlagError("checkpoint_stage", f"no final checkpoint of {checkpoint_stage} in "
-                            f"{final_checkpoint(checkpoint_stage)}; run --stage="
-                            f"{checkpoint_stage} first")
-        for text in budget_texts():
-            parse_budget(text, "budgets")
-        return None
-    if recipe.init_from or FLAGS.init_checkpoint:
-        source = FLAGS.init_checkpoint or final_checkpoint(recipe.init_from)
-        if not (os.path.exists(source + ".index") or os.path.exists(source + "/checkpoint")):
-            raise FlagError("init_checkpoint", f"{source} does not exist; run --stage="
-                            f"{recipe.init_from} first or pass --init_checkpoint")
+def run(entry: Entry, stage: Optional[str] = None):
+    """Reads the flags and runs the stage; bad flags end in a one-line error."""
     try:
-        config = model_config(recipe)
-    except ValueError as error:
-        raise FlagError("stage", f"invalid model for {stage}: {error}") from None
-    if recipe.pretrained is not None:
-        from tnet_tf import backbones
-        try:
-            backbones.weights_path(config.backbone.name, recipe.pretrained)
-        except (OSError, RuntimeError) as error:
-            raise FlagError("pretrained", str(error)) from None
-    if recipe.model == "tnet":
-        try:
-            budget.check_reachable(recipe.locations, recipe.input_size, config.base_resolution,
-                                   config.cell_fraction)
-        except ValueError as error:
-            raise FlagError("input_size", str(error)) from None
-    return config
-
-
-def budget_texts() -> List[str]:
-    return [text for value in (FLAGS.budgets or []) for text in value.split(";") if text]
-
-
-def save_run_info(stage: str, recipe: Optional[Recipe], config=None) -> None:
-    """Prints the resolved recipe and flags and saves them in the stage folder."""
-    os.makedirs(stage_dir(stage), exist_ok=True)
-    info = {"stage": stage, "flags": {name: FLAGS[name].value for name in _own_flags()}}
-    if recipe is not None:
-        info["recipe"] = dataclasses.asdict(recipe)
-    if config is not None:
-        info["model_config"] = config.to_dict()
-    print(json.dumps(info, indent=1, default=str))
-    with open(os.path.join(stage_dir(stage), "run.json"), "w") as handle:
-        json.dump(info, handle, indent=1, default=str)
-
-
-def _own_flags() -> Sequence[str]:
-    return [flag.name for flag in FLAGS.get_flags_for_module(sys.modules[__name__])]
+        return stages.run(read_flags(entry, stage))
+    except FlagError as error:
+        sys.exit(f"error: {error}")
 
 
 def main_for(entry: Entry):
@@ -280,26 +172,9 @@ def main_for(entry: Entry):
     return main
 
 
-def run(entry: Entry) -> None:
-    """Validates the flags and runs `--stage`; bad flags end in a one-line error."""
-    from experiments import stages
-
-    stage = FLAGS.stage
-    try:
-        recipe = None if stage in TOOL_STAGES else resolve_recipe(entry.recipes[stage])
-        if FLAGS.smoke and FLAGS.model_dir and not FLAGS.data_dir:
-            FLAGS.data_dir = stages.make_smoke_data(os.path.join(FLAGS.model_dir, "smoke_data"))
-            FLAGS.eval_split = "test"
-        elif entry.generate_data is not None and FLAGS.model_dir:
-            FLAGS.data_dir = FLAGS.data_dir or os.path.join(FLAGS.model_dir, "data")
-            if not glob.glob(shard_pattern("train")):
-                print(f"generating the {entry.dataset} dataset in {FLAGS.data_dir}")
-                entry.generate_data(FLAGS.data_dir)
-        config = validate(entry, stage, recipe)
-    except FlagError as error:
-        sys.exit(f"error: {error}")
-    stages.seed_everything(FLAGS.seed)
-    if stage in TOOL_STAGES:
-        getattr(stages, stage)(entry)
-    else:
-        stages.train(entry, stage, recipe, config)
+def start(entry: Entry, default_stage: str) -> None:
+    """A dataset entry point's command: defines its flags and runs it. Called
+    under `if __name__ == "__main__"`, so importing the entry point defines
+    no flags."""
+    define_flags(entry, default_stage)
+    app.run(main_for(entry))

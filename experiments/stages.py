@@ -1,28 +1,56 @@
 """The stages every entry point runs: train (TNet or baseline), evaluate,
-profile and visualize. Flags are read through `experiments.runner`."""
+profile and visualize, each a function of one `run_config.RunConfig`.
+
+`run(config)` prepares the data, validates and saves the config and calls
+the stage; a test builds the config with `run_config.resolve` and calls it
+in-process."""
 from __future__ import annotations
 
 import glob
 import json
 import os
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import tensorflow as tf
 
 import tnet_tf
-from experiments import runner
+from experiments import run_config
 from experiments.recipes import Recipe
+from experiments.run_config import FlagError, RunConfig
 from tnet_tf import budget as budget_lib, checkpoints, evaluation, plots, profiling, tables, training
 from tnet_tf.data import pipeline
 
-FLAGS = runner.FLAGS
 # Batches that re-estimate batch-norm statistics per level after training
 # (`training.recalibrate_batch_norm`; only models with `LevelBatchNormalization`).
 RECALIBRATION_STEPS = 60
 
 
-def seed_everything(seed: int) -> None:
-    tf.keras.utils.set_random_seed(seed)
+def run(config: RunConfig):
+    """Prepares the data, validates the run, saves it and runs its stage;
+    returns the stage's result. Raises FlagError on a bad setting."""
+    config = run_config.validate(prepare_data(config))
+    run_config.save(config)
+    tf.keras.utils.set_random_seed(config.seed)
+    stage = train if config.is_training else STAGES[config.stage]
+    return stage(config)
+
+
+def prepare_data(config: RunConfig) -> RunConfig:
+    """The run with its data in place: `smoke` runs write a tiny dataset into
+    the run folder, datasets the entry point can generate are written when
+    missing."""
+    if not config.model_dir:
+        return config
+    if config.smoke and not config.data_dir:
+        folder = make_smoke_data(os.path.join(config.model_dir, "smoke_data"))
+        return config.replace(data_dir=folder, eval_split="test")
+    if config.entry.generate_data is not None:
+        config = config.replace(data_dir=config.data_dir or
+                                os.path.join(config.model_dir, "data"))
+        if not glob.glob(config.shard_pattern("train")):
+            print(f"generating the {config.entry.dataset} dataset in {config.data_dir}")
+            config.entry.generate_data(config.data_dir)
+    return config
 
 
 def make_smoke_data(folder: str) -> str:
@@ -35,57 +63,55 @@ def make_smoke_data(folder: str) -> str:
     return folder
 
 
-def make_strategy() -> tf.distribute.Strategy:
-    if FLAGS.strategy == "mirrored":
+def make_strategy(config: RunConfig) -> tf.distribute.Strategy:
+    if config.strategy == "mirrored":
         return tf.distribute.MirroredStrategy()
-    if FLAGS.strategy == "multi_worker":
+    if config.strategy == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
-    if FLAGS.strategy == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=FLAGS.tpu)
+    if config.strategy == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=config.tpu)
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
     return tf.distribute.get_strategy()
 
 
-def set_precision() -> None:
-    if FLAGS.mixed_precision:
+def set_precision(config: RunConfig) -> None:
+    if config.mixed_precision:
         gpu = bool(tf.config.list_logical_devices("GPU"))
         tf.keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "mixed_bfloat16")
 
 
-def input_config(entry, split: str, image_size: int, batch_size: int, is_training: bool,
-                 recipe: Recipe) -> pipeline.InputConfig:
+def input_config(config: RunConfig, split: str, image_size: int, batch_size: int,
+                 is_training: bool, recipe: Recipe) -> pipeline.InputConfig:
     return pipeline.input_config_for(
-        entry.dataset, file_pattern=runner.shard_pattern(split),
-        image_size=image_size, batch_size=batch_size, training=is_training, seed=FLAGS.seed,
+        config.entry.dataset, file_pattern=config.shard_pattern(split),
+        image_size=image_size, batch_size=batch_size, training=is_training, seed=config.seed,
         crop_to_boxes=recipe.bbox_crops, augment=recipe.augment,
         cache_decoded=recipe.cache_decoded and is_training)
 
 
-def count_examples(entry, split: str, recipe: Recipe) -> int:
+def count_examples(config: RunConfig, split: str, recipe: Recipe) -> int:
     """Examples in a split, from its data_prep report or, failing that, by reading it."""
-    report = os.path.join(FLAGS.data_dir, f"{split}_report.json")
+    report = os.path.join(config.data_dir, f"{split}_report.json")
     if os.path.exists(report):
         with open(report) as handle:
             values = json.load(handle)
         key = "boxes" if recipe.bbox_crops and "boxes" in values else "images"
         if values.get(key):
             return int(values[key])
-    config = input_config(entry, split, 32, 1, False, recipe)
-    return sum(1 for _ in pipeline.make_dataset(config))
+    return sum(1 for _ in pipeline.make_dataset(input_config(config, split, 32, 1, False, recipe)))
 
 
-def build_model(recipe: Recipe, config=None):
-    """The stage's TNet or baseline and its config (built from the recipe when not given)."""
-    config = config or runner.model_config(recipe)
+def build_model(recipe: Recipe, config):
+    """The stage's TNet or baseline for model config `config`."""
     if recipe.model == "tnet":
-        return tnet_tf.TNet(config), config
-    return tnet_tf.Classifier(config, input_size=recipe.input_size), config
+        return tnet_tf.TNet(config)
+    return tnet_tf.Classifier(config, input_size=recipe.input_size)
 
 
-def compile_model(model, recipe: Recipe, total_steps: int) -> None:
-    """Compiles for training; `--smoke` runs the steps eagerly (no graph to build)."""
+def compile_model(model, recipe: Recipe, total_steps: int, run_eagerly: bool = False) -> None:
+    """Compiles for training (`--smoke` runs the steps eagerly: no graph to build)."""
     optimizer = training.make_optimizer(recipe.learning_rate, total_steps,
                                         schedule=recipe.lr_schedule)
     backbone_optimizer = None
@@ -99,7 +125,7 @@ def compile_model(model, recipe: Recipe, total_steps: int) -> None:
                       backbone_optimizer=backbone_optimizer,
                       random_warmup_steps=recipe.random_warmup_steps,
                       contrastive_weight=recipe.contrastive_weight,
-                      contrastive_margin=recipe.contrastive_margin, run_eagerly=FLAGS.smoke)
+                      contrastive_margin=recipe.contrastive_margin, run_eagerly=run_eagerly)
         return
     if recipe.weight_decay:
         model.add_loss(lambda: training.l2_penalty(training.decayed_variables(model),
@@ -110,50 +136,49 @@ def compile_model(model, recipe: Recipe, total_steps: int) -> None:
                   metrics=[tf.keras.metrics.SparseCategoricalAccuracy("top1"),
                            tf.keras.metrics.SparseTopKCategoricalAccuracy(top5, "top5")],
                   contrastive_weight=recipe.contrastive_weight,
-                  contrastive_margin=recipe.contrastive_margin, run_eagerly=FLAGS.smoke)
+                  contrastive_margin=recipe.contrastive_margin, run_eagerly=run_eagerly)
 
 
-def train(entry, stage: str, recipe: Recipe, config=None) -> None:
-    """Trains one stage into <model_dir>/<stage>; rerunning resumes it."""
-    set_precision()
-    strategy = make_strategy()
-    examples = count_examples(entry, "train", recipe)
-    steps = FLAGS.steps_per_epoch or max(1, examples // recipe.global_batch_size)
-    if FLAGS.smoke:
+def train(config: RunConfig) -> dict:
+    """Trains one stage into <model_dir>/<stage>; rerunning resumes it.
+    Returns {"checkpoint": final weights, "rows": a baseline's test results}."""
+    recipe, stage, folder = config.recipe, config.stage, config.stage_dir()
+    set_precision(config)
+    strategy = make_strategy(config)
+    examples = count_examples(config, "train", recipe)
+    steps = config.steps_per_epoch or max(1, examples // recipe.global_batch_size)
+    if config.smoke:
         steps = min(steps, 2)
     with strategy.scope():
-        model, config = build_model(recipe, config)
-        compile_model(model, recipe, steps * recipe.epochs)
-    runner.save_run_info(stage, recipe, config)
-    folder = runner.stage_dir(stage)
-    fresh = not os.path.isdir(os.path.join(folder, "backup"))
-    source = FLAGS.init_checkpoint or (recipe.init_from and runner.final_checkpoint(
-        recipe.init_from))
-    if fresh and source:
-        skip = ("classifier",) if _class_count_changed(source, config) else ()
+        model = build_model(recipe, config.model_config)
+        compile_model(model, recipe, steps * recipe.epochs, run_eagerly=config.smoke)
+    source = run_config.init_source(config)
+    if source and not os.path.isdir(os.path.join(folder, "backup")):
+        skip = ("classifier",) if _class_count_changed(source, config.model_config) else ()
         report = checkpoints.initialize_from_checkpoint(model, source, skip=skip)
         print(f"initialised from {source}: {json.dumps(report)}")
 
     skipped = pipeline.new_skip_counter()
-    config_in = input_config(entry, "train", recipe.input_size, recipe.global_batch_size, True, recipe)
+    train_input = input_config(config, "train", recipe.input_size, recipe.global_batch_size,
+                               True, recipe)
     data = tf.keras.utils.experimental.DatasetCreator(
-        lambda context: pipeline.make_dataset(config_in, context, skipped))
-    callbacks = checkpoints.training_callbacks(folder, save_every=FLAGS.save_every)
+        lambda context: pipeline.make_dataset(train_input, context, skipped))
+    callbacks = checkpoints.training_callbacks(folder, save_every=config.save_every)
     callbacks.append(pipeline.SkippedRecordsLogger(skipped))
     stopped = (f" (early stop: of a {recipe.epochs}-epoch schedule)"
                if recipe.training_epochs < recipe.epochs else "")
     print(f"{stage}: {recipe.training_epochs} epochs{stopped} x {steps} steps of "
           f"{recipe.global_batch_size} images ({examples} training examples)")
     model.fit(data, epochs=recipe.training_epochs, steps_per_epoch=steps, callbacks=callbacks,
-              verbose=2 if FLAGS.smoke else 1)
-    used = training.recalibrate_batch_norm(model, pipeline.make_dataset(config_in),
+              verbose=2 if config.smoke else 1)
+    used = training.recalibrate_batch_norm(model, pipeline.make_dataset(train_input),
                                            RECALIBRATION_STEPS)
     if used:
         print(f"{stage}: batch-norm statistics re-estimated on {used} training batches")
-    model.save_weights(os.path.join(runner.final_checkpoint(stage), "weights"))
-    print(f"{stage}: final weights in {runner.final_checkpoint(stage)}")
-    if recipe.model == "baseline":
-        evaluate_baseline(entry, model, stage, recipe)
+    model.save_weights(os.path.join(config.final_checkpoint(), "weights"))
+    print(f"{stage}: final weights in {config.final_checkpoint()}")
+    rows = evaluate_baseline(config, model) if recipe.model == "baseline" else None
+    return {"checkpoint": config.final_checkpoint(), "rows": rows}
 
 
 def _class_count_changed(source: str, config) -> bool:
@@ -165,101 +190,89 @@ def _class_count_changed(source: str, config) -> bool:
     return previous.get("num_classes", config.num_classes) != config.num_classes
 
 
-def _eval_dataset(entry, size: int, recipe: Recipe, batch_size: int = None):
-    config = input_config(entry, FLAGS.eval_split, size, batch_size or recipe.global_batch_size, False,
-                          recipe)
-    dataset = pipeline.make_dataset(config)
-    return dataset.take(FLAGS.eval_steps) if FLAGS.eval_steps else dataset
+def eval_dataset(config: RunConfig, size: int, recipe: Recipe, batch_size: int = None):
+    """The evaluated split at input `size`, at most `eval_steps` batches."""
+    dataset = pipeline.make_dataset(input_config(
+        config, config.eval_split, size, batch_size or recipe.global_batch_size, False, recipe))
+    return dataset.take(config.eval_steps) if config.eval_steps else dataset
 
 
-def evaluate_baseline(entry, model, stage: str, recipe: Recipe) -> None:
-    results = model.evaluate(_eval_dataset(entry, recipe.input_size, recipe), return_dict=True,
-                             verbose=2 if FLAGS.smoke else 1)
+def evaluate_baseline(config: RunConfig, model) -> List[dict]:
+    recipe = config.recipe
+    results = model.evaluate(eval_dataset(config, recipe.input_size, recipe), return_dict=True,
+                             verbose=2 if config.smoke else 1)
     shape = (recipe.input_size, recipe.input_size, 3)
-    row = {"model": f"{model.config.backbone.name} {stage}", "input_size": recipe.input_size,
-           "locations": None, "total_locations": None,
+    row = {"model": f"{model.config.backbone.name} {config.stage}",
+           "input_size": recipe.input_size, "locations": None, "total_locations": None,
            "top1": 100.0 * results["top1"], "top5": 100.0 * results["top5"],
            "gflops": profiling.count_flops_eq11(model, shape) / 1e9,
            "params": model.count_params()}
-    paths = tables.write_table([row], os.path.join(runner.stage_dir(stage), "results"))
+    paths = tables.write_table([row], os.path.join(config.stage_dir(), "results"))
     print(open(paths["md"]).read())
-
-
-def _tuples(value):
-    """JSON lists back to the recipe's (nested) tuples."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
-
-
-def saved_run(folder: str):
-    """The resolved recipe and model config a stage saved in `folder`/run.json."""
-    with open(os.path.join(folder, "run.json")) as handle:
-        info = json.load(handle)
-    recipe = Recipe(**{k: _tuples(v) for k, v in info["recipe"].items()})
-    return recipe, tnet_tf.TNetConfig.from_dict(info["model_config"])
+    return [row]
 
 
 def trained_input_sizes(model_dir: str, tnet_stages) -> List[int]:
     """The input sizes the TNet stages under `model_dir` were trained at, read
     from their run.json (stages never run are left out), never from flags."""
-    return sorted({saved_run(os.path.join(model_dir, stage))[0].input_size
+    return sorted({run_config.saved_run(os.path.join(model_dir, stage))[0].input_size
                    for stage in tnet_stages
                    if os.path.exists(os.path.join(model_dir, stage, "run.json"))})
 
 
-def restore(stage: str):
-    """The trained model of `stage` (rebuilt from its saved config, with its
-    final weights), its recipe and its config."""
-    recipe, config = saved_run(runner.stage_dir(stage))
-    model = (tnet_tf.TNet(config) if recipe.model == "tnet"
-             else tnet_tf.Classifier(config, input_size=recipe.input_size))
-    model.load_weights(os.path.join(runner.final_checkpoint(stage), "weights")).expect_partial()
-    return model, recipe, config
+def restore(config: RunConfig, stage: Optional[str] = None):
+    """The trained model of `stage` (default: the checkpoint stage), rebuilt
+    from its saved config with its final weights, its recipe and its config."""
+    stage = stage or config.checkpoint_stage
+    recipe, model_config = run_config.saved_run(config.stage_dir(stage))
+    model = build_model(recipe, model_config)
+    model.load_weights(os.path.join(config.final_checkpoint(stage), "weights")).expect_partial()
+    return model, recipe, model_config
 
 
-def _output_folder(tool_stage: str) -> str:
-    folder = runner.stage_dir(tool_stage)
-    os.makedirs(folder, exist_ok=True)
-    return folder
-
-
-def evaluation_plan(entry, config, recipe: Recipe) -> List[Tuple[int, Tuple[int, ...]]]:
+def evaluation_plan(config: RunConfig, model_config,
+                    recipe: Recipe) -> List[Tuple[int, Tuple[int, ...]]]:
     """(input size, budget) pairs: each budget at the smallest size a trained
     stage ran at that reaches it. The sizes come from the stages' saved
-    run.json; the flags of this command only choose the budgets."""
-    texts = runner.budget_texts()
-    budgets = ([runner.parse_budget(t, "budgets") for t in texts] if texts
-               else [tuple(b) for b in recipe.evaluation_budgets])
-    sizes = sorted({*trained_input_sizes(FLAGS.model_dir, entry.tnet_stages),
+    run.json; the run only chooses the budgets."""
+    budgets = config.budgets or [tuple(b) for b in recipe.evaluation_budgets]
+    sizes = sorted({*trained_input_sizes(config.model_dir, config.entry.tnet_stages),
                     recipe.input_size})
     plan = []
-    for budget in budgets:
-        levels = budget_lib.levels_needed(budget)
+    for locations in budgets:
+        levels = budget_lib.levels_needed(locations)
         fitting = [s for s in sizes if budget_lib.reachable_levels(
-            s, config.base_resolution, config.cell_fraction) >= levels]
+            s, model_config.base_resolution, model_config.cell_fraction) >= levels]
         if not fitting:
-            raise runner.FlagError("budgets", f"{list(budget)} needs {levels} levels; no input "
-                                   f"size of this dataset ({sizes}) reaches them")
-        plan.append((fitting[0], budget))
+            raise FlagError("budgets", f"{list(locations)} needs {levels} levels; no input "
+                            f"size of this dataset ({sizes}) reaches them")
+        plan.append((fitting[0], locations))
     return plan
 
 
-def evaluate(entry) -> None:
-    """Every budget of the evaluated checkpoint: tables, attention CSV and the plot."""
-    model, recipe, config = restore(FLAGS.checkpoint_stage)
-    folder = _output_folder("evaluate")
-    plan = evaluation_plan(entry, config, recipe)
-    attention = (evaluation.AttentionCsv(os.path.join(folder, "attention.csv"))
-                 if FLAGS.export_attention else None)
-    rows = []
+def by_size(plan):
+    """(size, budgets at that size) of an evaluation plan, by increasing size."""
     for size in sorted({s for s, _ in plan}):
-        budgets = [b for s, b in plan if s == size]
-        for row in evaluation.evaluate_budgets(model, _eval_dataset(entry, size, recipe), budgets,
-                                               attention_writer=attention, progress=print):
+        yield size, [b for s, b in plan if s == size]
+
+
+def evaluate(config: RunConfig) -> List[dict]:
+    """Every budget of the evaluated checkpoint: tables, attention CSV and the
+    plot; returns the table's rows."""
+    model, recipe, model_config = restore(config)
+    folder = config.stage_dir()
+    attention = (evaluation.AttentionCsv(os.path.join(folder, "attention.csv"))
+                 if config.export_attention else None)
+    rows = []
+    for size, budgets in by_size(evaluation_plan(config, model_config, recipe)):
+        for row in evaluation.evaluate_budgets(model, eval_dataset(config, size, recipe),
+                                               budgets, attention_writer=attention,
+                                               progress=print):
             shape = (size, size, 3)
             flops = profiling.count_flops_eq11(model, shape, locations=row["locations"])
-            row = {"model": f"TNet {FLAGS.checkpoint_stage}", "input_size": size, **row,
+            row = {"model": f"TNet {config.checkpoint_stage}", "input_size": size, **row,
                    "gflops": flops / 1e9, "params": model.count_params()}
-            if FLAGS.profile:
+            if config.profile:
                 kwargs = {"locations": row["locations"]}
                 row["ms_per_image"], row["ms_per_image_std"] = profiling.measure_time(
                     model, shape, 8, 5, 2, **kwargs)
@@ -270,17 +283,17 @@ def evaluate(entry) -> None:
         attention.close()
     paths = tables.write_table(rows, os.path.join(folder, "results"))
     print(open(paths["md"]).read())
-    results = sorted(glob.glob(os.path.join(FLAGS.model_dir, "*", "results.json")))
+    results = sorted(glob.glob(os.path.join(config.model_dir, "*", "results.json")))
     plot = plots.accuracy_vs_flops(results, os.path.join(folder, "accuracy_vs_gflops.png"))
     print(f"wrote {', '.join(paths.values())} and {plot}")
+    return rows
 
 
-def profile(entry) -> None:
-    """Parameters, FLOPs, time and memory of the stage's model, plus a profiler trace."""
-    recipe = runner.resolve_recipe(entry.recipes[FLAGS.checkpoint_stage])
-    model, config = build_model(recipe)
-    folder = runner.stage_dir("profile")
-    os.makedirs(folder, exist_ok=True)
+def profile(config: RunConfig) -> dict:
+    """Parameters, FLOPs, time and memory of the checkpoint stage's model (as
+    its recipe builds it), plus a profiler trace; returns the profile row."""
+    recipe, folder = config.recipe, config.stage_dir()
+    model = build_model(recipe, config.model_config)
     shape = (recipe.input_size, recipe.input_size, 3)
     kwargs = {"locations": list(recipe.locations)} if recipe.model == "tnet" else {}
     row = profiling.ProfileRow(recipe.model, recipe.input_size,
@@ -288,7 +301,7 @@ def profile(entry) -> None:
     row.flops = profiling.count_flops_eq11(model, shape, **kwargs)
     row.flops_profiler = profiling.count_flops_profiler(model, shape, **kwargs)
     row.params = profiling.count_params(model)
-    batches = 2 if FLAGS.smoke else 20
+    batches = 2 if config.smoke else 20
     row.ms_per_image, row.ms_per_image_std = profiling.measure_time(
         model, shape, 8, batches, 2, **kwargs)
     row.peak_memory_bytes, row.memory_method = profiling.measure_peak_memory(
@@ -306,21 +319,26 @@ def profile(entry) -> None:
             predict(images)
     tf.profiler.experimental.stop()
     print(f"profiler trace in {trace_dir} (tensorboard --logdir {trace_dir}, Profile tab)")
+    return row.to_dict()
 
 
-def visualize(entry) -> None:
-    """Draws the attention policy on `--num_images` evaluation images."""
-    model, recipe, _ = restore(FLAGS.checkpoint_stage)
-    folder = _output_folder("visualize")
-    written, remaining = [], FLAGS.num_images
-    for images, labels in _eval_dataset(entry, recipe.input_size, recipe, batch_size=8):
+def visualize(config: RunConfig) -> List[str]:
+    """Draws the attention policy on `num_images` evaluation images; returns
+    the figures' paths."""
+    model, recipe, _ = restore(config)
+    folder = config.stage_dir()
+    written = []
+    for images, labels in eval_dataset(config, recipe.input_size, recipe, batch_size=8):
         outputs = model(images, locations=list(recipe.locations), training=False)
-        for index in range(min(remaining, int(images.shape[0]))):
+        for index in range(min(config.num_images - len(written), int(images.shape[0]))):
             path = os.path.join(folder, f"attention_{len(written):03d}.png")
             plots.attention_figure(images[index].numpy(), outputs, index, path,
                                    label=int(labels[index]))
             written.append(path)
-        remaining = FLAGS.num_images - len(written)
-        if remaining <= 0:
+        if len(written) >= config.num_images:
             break
     print(f"wrote {len(written)} figures to {folder}")
+    return written
+
+
+STAGES = {"evaluate": evaluate, "profile": profile, "visualize": visualize}

@@ -1,7 +1,9 @@
-"""The dataset entry points: flag validation, and every stage end to end with --smoke.
+"""The dataset entry points: flags read into one run config, its validation,
+and every stage end to end with smoke settings.
 
-Entry points define their absl flags at import, so each run is a real
-subprocess, as a user would start it.
+Stages are functions of a `RunConfig`, so most runs here are in-process
+(`run_config.resolve` builds the config without flags); the command line
+itself is checked in subprocesses, as a user would start it.
 """
 import json
 import os
@@ -13,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from data_prep import digits
+from experiments import run_config, stages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,7 +76,8 @@ def _drawn_pixels(path):
 
 
 def _check_visualize(model_dir):
-    figures = sorted(os.listdir(os.path.join(model_dir, "visualize")))
+    figures = sorted(name for name in os.listdir(os.path.join(model_dir, "visualize"))
+                     if name.endswith(".png"))
     assert len(figures) == 2
     for name in figures:
         shape, red = _drawn_pixels(os.path.join(model_dir, "visualize", name))
@@ -85,11 +89,15 @@ def _results(model_dir, stage):
         return json.load(handle)
 
 
+def _as_json(value):
+    return json.loads(json.dumps(value, default=float))
+
+
 def test_evaluation_sizes_come_from_the_stages_saved_runs(tmp_path):
     import dataclasses
 
     import tnet_tf
-    from experiments import recipes, stages
+    from experiments import recipes
 
     config = tnet_tf.get_preset("fmow").to_dict()
     for stage, size in (("train_448", 320), ("finetune_896", 640)):   # not the recipes' sizes
@@ -100,25 +108,33 @@ def test_evaluation_sizes_come_from_the_stages_saved_runs(tmp_path):
     assert stages.trained_input_sizes(str(tmp_path), ["train_448", "finetune_896"]) == [320, 640]
     # A stage that never ran has no size.
     assert stages.trained_input_sizes(str(tmp_path), ["train_448", "baseline_224"]) == [320]
-    recipe, _ = stages.saved_run(str(tmp_path / "finetune_896"))
+    recipe, _ = run_config.saved_run(str(tmp_path / "finetune_896"))
     assert recipe == recipes.FMOW["finetune_896"].replace(input_size=640)
 
 
+def smoke(entry, stage, model_dir, **options):
+    """Runs `stage` in-process with smoke settings; returns its result."""
+    tf.keras.backend.clear_session()
+    options.setdefault("num_images", 2)
+    return stages.run(run_config.resolve(entry, stage, str(model_dir), smoke=True, **options))
+
+
 @pytest.mark.slow
-def test_every_fmow_stage_runs_with_smoke(tmp_path):
-    model_dir = str(tmp_path / "fmow")
-    smoke = ["--smoke", f"--model_dir={model_dir}", "--num_images=2"]
-    run("fmow", "--stage=train_448", *smoke)
-    finetune = run("fmow", "--stage=finetune_896", *smoke)
-    assert "initialised from" in finetune.stdout and "train_448/final" in finetune.stdout
+def test_every_fmow_stage_runs_with_smoke(tmp_path, capsys):
+    from experiments.fmow import ENTRY
+
+    model_dir = tmp_path / "fmow"
+    smoke(ENTRY, "train_448", model_dir)
+    smoke(ENTRY, "finetune_896", model_dir)
+    assert "initialised from" in capsys.readouterr().out
     for stage in ("baseline_bbox", "baseline_224", "baseline_448", "baseline_896"):
-        run("fmow", f"--stage={stage}", *smoke)
-        row, = _results(model_dir, stage)
+        row, = smoke(ENTRY, stage, model_dir)["rows"]
+        assert _as_json(row) == _results(model_dir, stage)[0]
         assert 0.0 <= row["top1"] <= 100.0 and row["gflops"] > 0
-    # Evaluate's own --input_size / --locations must not resize the trained stages.
-    run("fmow", "--stage=evaluate", "--export_attention", "--input_size=224", "--locations=1",
-        *smoke)
-    rows = _results(model_dir, "evaluate")
+    # Evaluate's own input_size / locations must not resize the trained stages.
+    rows = smoke(ENTRY, "evaluate", model_dir, export_attention=True,
+                 recipe_changes={"input_size": 224, "locations": (1,)})
+    assert _as_json(rows) == _results(model_dir, "evaluate")
     assert [r["locations"] for r in rows] == [[0], [1], [2], [3], [2, 1], [2, 2]]
     assert [r["input_size"] for r in rows] == [64, 64, 64, 64, 128, 128]
     gflops = [r["gflops"] for r in rows]
@@ -126,41 +142,51 @@ def test_every_fmow_stage_runs_with_smoke(tmp_path):
     assert rows[1]["coverage_level2"] == pytest.approx(25.0)
     for suffix in ("results.md", "results.csv", "attention.csv", "accuracy_vs_gflops.png"):
         assert os.path.getsize(os.path.join(model_dir, "evaluate", suffix)) > 0
-    run("fmow", "--stage=visualize", *smoke)
+    assert len(smoke(ENTRY, "visualize", model_dir)) == 2
     _check_visualize(model_dir)
-    run("fmow", "--stage=profile", *smoke)
+    row = smoke(ENTRY, "profile", model_dir)
     with open(os.path.join(model_dir, "profile", "profile.json")) as handle:
-        row, = json.load(handle)
+        assert json.load(handle) == [_as_json(row)]
     assert row["params"] > 0 and row["ms_per_image"] > 0
     assert os.listdir(os.path.join(model_dir, "profile", "trace"))
+    # Every stage saved the run it was given.
+    with open(os.path.join(model_dir, "finetune_896", "run.json")) as handle:
+        saved = json.load(handle)
+    assert (saved["dataset"], saved["stage"], saved["smoke"]) == ("fmow", "finetune_896", True)
+    assert saved["recipe"]["init_from"] == "train_448"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("entry", ["imagenet", "cub", "nabirds"])
-def test_every_stage_of_the_other_entry_points_runs_with_smoke(entry, tmp_path):
-    model_dir = str(tmp_path / entry)
-    smoke = ["--smoke", f"--model_dir={model_dir}", "--num_images=2"]
+@pytest.mark.parametrize("name", ["imagenet", "cub", "nabirds"])
+def test_every_stage_of_the_other_entry_points_runs_with_smoke(name, tmp_path):
+    import importlib
+
+    entry = importlib.import_module(f"experiments.{name}").ENTRY
     for stage in ("train", "baseline", "evaluate", "visualize", "profile"):
-        run(entry, f"--stage={stage}", *smoke)
-    rows = _results(model_dir, "evaluate")
+        smoke(entry, stage, tmp_path)
+    rows = _results(tmp_path, "evaluate")
     assert len(rows) >= 4 and all(np.isfinite(r["top1"]) for r in rows)
-    _check_visualize(model_dir)
+    _check_visualize(tmp_path)
 
 
 @pytest.mark.slow
 def test_digits_generates_its_data_and_runs_every_stage(tmp_path):
-    model_dir = str(tmp_path / "digits")
-    run("digits", "--stage=profile", f"--model_dir={model_dir}", "--train_size=16",
-        "--test_size=8")
-    assert len(os.listdir(os.path.join(model_dir, "data"))) >= 4   # shards and reports
-    with open(os.path.join(model_dir, "data", "train_report.json")) as handle:
+    import dataclasses
+    import functools
+
+    from experiments import digits as demo
+
+    entry = dataclasses.replace(demo.ENTRY,
+                                generate_data=functools.partial(demo.generate, sizes=(16, 8)))
+    stages.run(run_config.resolve(entry, "profile", str(tmp_path)))
+    assert len(os.listdir(tmp_path / "data")) >= 4   # shards and reports
+    with open(tmp_path / "data" / "train_report.json") as handle:
         assert json.load(handle)["images"] == 16
-    smoke = ["--smoke", f"--model_dir={model_dir}", "--num_images=2"]
     for stage in ("train_128", "finetune_256", "baseline_64", "evaluate", "visualize"):
-        run("digits", f"--stage={stage}", *smoke)
-    rows = _results(model_dir, "evaluate")
+        smoke(entry, stage, tmp_path)
+    rows = _results(tmp_path, "evaluate")
     assert [r["locations"] for r in rows] == [[0], [1], [2], [2, 1], [2, 2]]
-    _check_visualize(model_dir)
+    _check_visualize(tmp_path)
 
 
 DIGITS_COLUMNS = ["model", "input_size", "locations", "accuracy", "gflops", "ms_per_image",

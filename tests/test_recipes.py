@@ -35,7 +35,8 @@ def test_every_recipe_field_outside_the_stage_identity_is_a_typed_flag():
     values = flags.FlagValues()
     runner._define_recipe_flags(values)
     names = {field.name for field in dataclasses.fields(recipes.Recipe)}
-    assert set(values) == names - set(runner.STAGE_FIELDS)
+    assert set(values) == (names - set(runner.STAGE_FIELDS)) | set(runner.MODEL_FLAGS)
+    assert "model_overrides" not in values and "dropout" not in names   # a model flag
     values(["prog", "--noaugment", "--stop_after_epochs=3", "--spatial_dropout=0.25",
             "--locations=2,1", "--lr_schedule=cosine", "--contrastive_weight=100"])
     assert (values.augment, values.stop_after_epochs, values.spatial_dropout) == (False, 3, 0.25)

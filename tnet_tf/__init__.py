@@ -7,7 +7,8 @@
 """
 from tnet_tf.config import PRESETS, BackboneConfig, TNetConfig, get_preset
 from tnet_tf.budget import reachable_levels
-from tnet_tf.tnet import TNet, Classifier, select_cells
+from tnet_tf.tnet import select_cells
+from tnet_tf.training import TNet, Classifier
 
 __all__ = ["PRESETS", "BackboneConfig", "TNetConfig", "get_preset", "TNet", "Classifier",
            "reachable_levels", "select_cells"]

@@ -8,6 +8,10 @@ composed across levels, so intermediate crops are never materialised).
 Every glimpse goes through the same backbone; its feature vector gets the
 positional code of its (x, y, scale) and the encoded features are averaged
 (or weighted) and classified.
+
+This module is the forward model (`call`); `tnet_tf.training` subclasses it
+with the learning rule (`compile`, `train_step`, `test_step`, metrics), and
+those subclasses are the public `tnet_tf.TNet` and `tnet_tf.Classifier`.
 """
 from __future__ import annotations
 
@@ -16,10 +20,13 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from tnet_tf import budget, geometry, losses, training
+from tnet_tf import budget, geometry
 from tnet_tf.backbones import build_backbone, set_backbone_level
 from tnet_tf.config import TNetConfig
 from tnet_tf.modules import ClassificationModule, FeatureWeighting, LocationModule, PositionalEncoding
+
+
+SELECTIONS = ("top_k", "sample")
 
 
 def select_cells(log_probs, count: int, selection: str = "top_k", seed: Optional[int] = None,
@@ -32,10 +39,10 @@ def select_cells(log_probs, count: int, selection: str = "top_k", seed: Optional
     noise are an exact sample without replacement, in sampling order).
     random_cells: optional boolean scalar (Python or tensor); where true, the
     cells are drawn uniformly at random without replacement whatever the
-    distribution (the exploration warm-up of `TNet.compile`).
+    distribution (the exploration warm-up of `training.TNet.compile`).
     """
-    if selection not in training.SELECTIONS:
-        raise ValueError(f"selection must be one of {', '.join(training.SELECTIONS)}; "
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}; "
                          f"got {selection!r}")
     scores = log_probs
     if selection == "sample" or random_cells is not None:
@@ -49,7 +56,8 @@ def select_cells(log_probs, count: int, selection: str = "top_k", seed: Optional
 
 
 class TNet(tf.keras.Model):
-    """TNet (Papadopoulos et al., 2021) as a Keras model.
+    """TNet (Papadopoulos et al., 2021) as a Keras model: the forward pass
+    (`tnet_tf.TNet` is `training.TNet`, this class with its learning rule).
 
     `model(images, locations=None, training=False, selection="top_k",
            chosen_locations=None, random_cells=None)`
@@ -239,60 +247,6 @@ class TNet(tf.keras.Model):
             "boxes": all_boxes,
         }
 
-    # ------------------------------------------------------------------
-    def compile(self, optimizer="adam", *, lambda_f: float = 0.1, lambda_c: float = 1.0,
-                lambda_r: float = 1.0, max_feature_level: Optional[int] = None,
-                monte_carlo_samples: int = 1, selection: str = "top_k",
-                locations: Optional[Sequence[int]] = None,
-                evaluation_locations: Optional[Sequence[int]] = None,
-                weight_decay: float = 0.0, backbone_optimizer=None,
-                random_warmup_steps: int = 0, contrastive_weight: float = 0.0,
-                contrastive_margin: float = 0.4, **kwargs):
-        """Sets the learning rule of `fit` (see `losses` and `training`).
-
-        lambda_f, lambda_c, lambda_r: eq. (2); lambda_c = lambda_r = 1 is
-        eq. (1), i.e. per-feature regularization off. max_feature_level:
-        the per-feature level cap. monte_carlo_samples: M. selection:
-        "top_k" or "sample". locations / evaluation_locations: budgets of
-        `fit` / `evaluate` (None: the config's). weight_decay: L2 factor
-        (batch norm excluded). backbone_optimizer: an optional second
-        optimizer (e.g. a lower learning rate) for the backbone variables.
-        random_warmup_steps: the first optimizer steps attend uniformly
-        random cells (see `training.TrainingOptions`). contrastive_weight,
-        contrastive_margin: the authors' auxiliary contrastive loss on the
-        pooled features (`losses.contrastive_loss`; 0 turns it off).
-        Creates the baseline b (0.5) on first compile; recompiling keeps it.
-        """
-        super().compile(optimizer=optimizer, **kwargs)
-        weights = losses.LossWeights(lambda_f, lambda_c, lambda_r, max_feature_level,
-                                     contrastive_weight, contrastive_margin)
-        self.training_options = training.TrainingOptions(
-            weights, monte_carlo_samples, selection,
-            self.resolve_locations(locations),
-            None if evaluation_locations is None else self.resolve_locations(evaluation_locations),
-            weight_decay, random_warmup_steps)
-        self.backbone_optimizer = (tf.keras.optimizers.get(backbone_optimizer)
-                                   if backbone_optimizer is not None else None)
-        self.training_metrics = training.TrainingMetrics(
-            self.training_options, self.training_options.locations, self.config.num_classes)
-        if getattr(self, "baseline", None) is None:
-            with self.distribute_strategy.scope():
-                # Written once per step with the same value on every replica.
-                self.baseline = tf.Variable(
-                    losses.BASELINE_INITIAL, trainable=False, name="baseline",
-                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-
-    @property
-    def metrics(self):
-        metrics = getattr(self, "training_metrics", None)
-        return super().metrics if metrics is None else metrics.all
-
-    def train_step(self, data):
-        return training.train_step(self, data)
-
-    def test_step(self, data):
-        return training.test_step(self, data)
-
     def get_config(self):
         return {"config": self.config.to_dict()}
 
@@ -304,7 +258,8 @@ class TNet(tf.keras.Model):
 class Classifier(tf.keras.Model):
     """The paper's baselines: the backbone on the whole image, then the
     classification module (BagNet-77 fully convolutional at 224 px,
-    EfficientNet-Bx at any input size). Returns logits [B, classes]."""
+    EfficientNet-Bx at any input size). Returns logits [B, classes].
+    (`tnet_tf.Classifier` is `training.Classifier`, with its contrastive term.)"""
 
     def __init__(self, config: TNetConfig, input_size: Optional[int] = None, **kwargs):
         super().__init__(name=kwargs.pop("name", "classifier_baseline"), **kwargs)
@@ -313,40 +268,6 @@ class Classifier(tf.keras.Model):
         self.backbone = build_backbone(config.backbone, self.input_size)
         self.classifier = ClassificationModule(config.num_classes, config.dropout,
                                                config.initializer, name="classifier")
-
-    def compile(self, optimizer="rmsprop", *, contrastive_weight: float = 0.0,
-                contrastive_margin: float = 0.4, **kwargs):
-        """Keras `compile`; contrastive_weight > 0 adds the authors' contrastive
-        loss on the pooled backbone features (`losses.contrastive_loss`, as
-        their CUB / NABirds baselines) to the compiled loss in `fit`."""
-        super().compile(optimizer=optimizer, **kwargs)
-        self.contrastive = losses.LossWeights(contrastive_weight=contrastive_weight,
-                                              contrastive_margin=contrastive_margin)
-        self.contrastive_tracker = (tf.keras.metrics.Mean("contrastive")
-                                    if contrastive_weight else None)
-
-    @property
-    def metrics(self):
-        tracker = getattr(self, "contrastive_tracker", None)
-        return super().metrics + ([tracker] if tracker is not None else [])
-
-    def train_step(self, data):
-        if getattr(self, "contrastive_tracker", None) is None:
-            return super().train_step(data)
-        images, labels, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            logits, pooled = self(images, training=True, return_features=True)
-            contrastive = self.contrastive.contrastive_weight * losses.contrastive_loss(
-                pooled, labels, self.contrastive.contrastive_margin)
-            # Keras' `compute_loss` with the replica's mean contrastive loss as one
-            # more regularization loss: it enters the "loss" metric, and Keras
-            # scales it per replica like the others.
-            loss = self.compiled_loss(labels, logits, sample_weight,
-                                      regularization_losses=self.losses
-                                      + [tf.reduce_mean(contrastive)])
-        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
-        self.contrastive_tracker.update_state(contrastive)
-        return self.compute_metrics(images, labels, logits, sample_weight)
 
     def call(self, images, training=None, return_features=False):
         """Logits [B, classes]; with return_features also the pooled backbone

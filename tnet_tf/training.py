@@ -6,7 +6,10 @@
     model.fit(dataset, epochs=..., steps_per_epoch=...,
               callbacks=checkpoints.training_callbacks(model_dir, save_every=500))
 
-`TNet.train_step` / `test_step` call `train_step` / `test_step` here. One
+`TNet` and `Classifier` here are the forward models of `tnet_tf.tnet` with
+their learning rule: `compile` keeps its options and metrics on the model,
+and Keras' `fit` / `evaluate` call the overridden `train_step` /
+`test_step`; the trackers are listed in `metrics`. One
 step with N replicas equals one step on one device with the same global
 batch: the per-example losses are summed and divided by the global batch
 (`tf.nn.compute_average_loss`), the weight decay is split across replicas
@@ -19,19 +22,17 @@ sum their state across replicas.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Optional, Tuple
+from typing import Iterable, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-from tnet_tf import losses
+from tnet_tf import losses, tnet
 from tnet_tf.backbones import LevelBatchNormalization, level_batch_norms
-
-SELECTIONS = ("top_k", "sample")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainingOptions:
-    """What `TNet.compile` sets besides the optimizer.
+    """What `TNet.compile` sets besides the optimizer (kept as `model.training_options`).
 
     Attributes:
       loss_weights: lambda_f, lambda_c, lambda_r and the per-feature level cap.
@@ -63,8 +64,8 @@ class TrainingOptions:
     def __post_init__(self):
         if self.monte_carlo_samples < 1:
             raise ValueError(f"monte_carlo_samples must be >= 1, got {self.monte_carlo_samples}")
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}; "
+        if self.selection not in tnet.SELECTIONS:
+            raise ValueError(f"selection must be one of {', '.join(tnet.SELECTIONS)}; "
                              f"got {self.selection!r}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
@@ -182,7 +183,8 @@ class LatestValue(tf.keras.metrics.Metric):
 
 
 class TrainingMetrics:
-    """The Keras metrics of training and evaluation, created by `TNet.compile`."""
+    """The Keras metrics of training and evaluation, created by `TNet.compile`
+    (kept as `model.training_metrics`)."""
 
     def __init__(self, options: TrainingOptions, locations: Tuple[int, ...], num_classes: int):
         weights = options.loss_weights
@@ -253,49 +255,6 @@ def _apply_gradients(model, tape, loss):
     backbone_optimizer.apply_gradients([p for p in pairs if id(p[1]) in in_backbone])
 
 
-def train_step(model, data):
-    """One step of the learning rule of eq. (2) and the baseline update of eq. (7)."""
-    images, labels, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
-    options = model.training_options
-    images, labels = repeat_samples(images, tf.cast(labels, tf.int32),
-                                    options.monte_carlo_samples)
-    learning_rate = current_learning_rate(model.optimizer)
-    penalty = None
-    random_cells = None
-    if options.random_warmup_steps:
-        random_cells = model.optimizer.iterations < options.random_warmup_steps
-    with tf.GradientTape() as tape:
-        outputs = model(images, locations=options.locations, training=True,
-                        selection=options.selection, random_cells=random_cells)
-        terms = losses.tnet_loss(outputs, labels, model.baseline, options.loss_weights)
-        loss = tf.nn.compute_average_loss(terms["total"])
-        if options.weight_decay:
-            penalty = l2_penalty(decayed_variables(model), options.weight_decay)
-            loss += tf.nn.scale_regularization_loss(penalty)
-        if _loss_scaler(model) is not None:
-            loss = _loss_scaler(model).get_scaled_loss(loss)
-    _apply_gradients(model, tape, loss)
-    model.baseline.assign(losses.update_baseline(model.baseline,
-                                                 global_mean(terms["baseline_reward"])))
-    model.training_metrics.update(
-        terms, outputs, labels, penalty, baseline=model.baseline, learning_rate=learning_rate,
-        locations_per_image=outputs["cells"].shape[1])
-    return model.training_metrics.results()
-
-
-def test_step(model, data):
-    """Evaluation: top-k locations, the same loss terms, no updates."""
-    images, labels, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
-    options = model.training_options
-    labels = tf.cast(labels, tf.int32)
-    locations = options.evaluation_locations or options.locations
-    outputs = model(images, locations=locations, training=False)
-    terms = losses.tnet_loss(outputs, labels, model.baseline, options.loss_weights)
-    model.training_metrics.update(terms, outputs, labels, baseline=model.baseline,
-                                  locations_per_image=outputs["cells"].shape[1])
-    return model.training_metrics.results()
-
-
 def recalibrate_batch_norm(model, dataset: Iterable, steps: int, locations=None) -> int:
     """Re-estimates the moving statistics of every `LevelBatchNormalization`
     with the final weights: each level's mean and variance become the
@@ -329,3 +288,135 @@ def recalibrate_batch_norm(model, dataset: Iterable, steps: int, locations=None)
         for norm, original in zip(norms, momenta):
             norm.momentum = original
     return used
+
+
+class TNet(tnet.TNet):
+    """`tnet.TNet` with its learning rule: `compile` sets the options and
+    metrics, `fit` runs `train_step` (eq. 2 and the baseline update of eq. 7)."""
+
+    def compile(self, optimizer="adam", *, lambda_f: float = 0.1, lambda_c: float = 1.0,
+                lambda_r: float = 1.0, max_feature_level: Optional[int] = None,
+                monte_carlo_samples: int = 1, selection: str = "top_k",
+                locations: Optional[Sequence[int]] = None,
+                evaluation_locations: Optional[Sequence[int]] = None,
+                weight_decay: float = 0.0, backbone_optimizer=None,
+                random_warmup_steps: int = 0, contrastive_weight: float = 0.0,
+                contrastive_margin: float = 0.4, **kwargs):
+        """Sets the learning rule of `fit` (see `losses` and this module).
+
+        lambda_f, lambda_c, lambda_r: eq. (2); lambda_c = lambda_r = 1 is
+        eq. (1), i.e. per-feature regularization off. max_feature_level:
+        the per-feature level cap. monte_carlo_samples: M. selection:
+        "top_k" or "sample". locations / evaluation_locations: budgets of
+        `fit` / `evaluate` (None: the config's). weight_decay: L2 factor
+        (batch norm excluded). backbone_optimizer: an optional second
+        optimizer (e.g. a lower learning rate) for the backbone variables.
+        random_warmup_steps: the first optimizer steps attend uniformly
+        random cells (see `TrainingOptions`). contrastive_weight,
+        contrastive_margin: the authors' auxiliary contrastive loss on the
+        pooled features (`losses.contrastive_loss`; 0 turns it off).
+        Creates the baseline b (0.5) on first compile; recompiling keeps it.
+        """
+        super().compile(optimizer=optimizer, **kwargs)
+        weights = losses.LossWeights(lambda_f, lambda_c, lambda_r, max_feature_level,
+                                     contrastive_weight, contrastive_margin)
+        self.training_options = TrainingOptions(
+            weights, monte_carlo_samples, selection,
+            self.resolve_locations(locations),
+            None if evaluation_locations is None else self.resolve_locations(evaluation_locations),
+            weight_decay, random_warmup_steps)
+        self.backbone_optimizer = (tf.keras.optimizers.get(backbone_optimizer)
+                                   if backbone_optimizer is not None else None)
+        self.training_metrics = TrainingMetrics(
+            self.training_options, self.training_options.locations, self.config.num_classes)
+        if getattr(self, "baseline", None) is None:
+            with self.distribute_strategy.scope():
+                # Written once per step with the same value on every replica.
+                self.baseline = tf.Variable(
+                    losses.BASELINE_INITIAL, trainable=False, name="baseline",
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+    @property
+    def metrics(self):
+        metrics = getattr(self, "training_metrics", None)
+        return super().metrics if metrics is None else metrics.all
+
+    def train_step(self, data):
+        """One step of the learning rule of eq. (2) and the baseline update of eq. (7)."""
+        images, labels, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
+        options = self.training_options
+        images, labels = repeat_samples(images, tf.cast(labels, tf.int32),
+                                        options.monte_carlo_samples)
+        learning_rate = current_learning_rate(self.optimizer)
+        penalty = None
+        random_cells = None
+        if options.random_warmup_steps:
+            random_cells = self.optimizer.iterations < options.random_warmup_steps
+        with tf.GradientTape() as tape:
+            outputs = self(images, locations=options.locations, training=True,
+                           selection=options.selection, random_cells=random_cells)
+            terms = losses.tnet_loss(outputs, labels, self.baseline, options.loss_weights)
+            loss = tf.nn.compute_average_loss(terms["total"])
+            if options.weight_decay:
+                penalty = l2_penalty(decayed_variables(self), options.weight_decay)
+                loss += tf.nn.scale_regularization_loss(penalty)
+            if _loss_scaler(self) is not None:
+                loss = _loss_scaler(self).get_scaled_loss(loss)
+        _apply_gradients(self, tape, loss)
+        self.baseline.assign(losses.update_baseline(self.baseline,
+                                                    global_mean(terms["baseline_reward"])))
+        self.training_metrics.update(
+            terms, outputs, labels, penalty, baseline=self.baseline, learning_rate=learning_rate,
+            locations_per_image=outputs["cells"].shape[1])
+        return self.training_metrics.results()
+
+    def test_step(self, data):
+        """Evaluation: top-k locations, the same loss terms, no updates."""
+        images, labels, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
+        options = self.training_options
+        labels = tf.cast(labels, tf.int32)
+        locations = options.evaluation_locations or options.locations
+        outputs = self(images, locations=locations, training=False)
+        terms = losses.tnet_loss(outputs, labels, self.baseline, options.loss_weights)
+        self.training_metrics.update(terms, outputs, labels, baseline=self.baseline,
+                                     locations_per_image=outputs["cells"].shape[1])
+        return self.training_metrics.results()
+
+
+class Classifier(tnet.Classifier):
+    """`tnet.Classifier` trained by Keras' own step, plus the authors'
+    optional contrastive term."""
+
+    def compile(self, optimizer="rmsprop", *, contrastive_weight: float = 0.0,
+                contrastive_margin: float = 0.4, **kwargs):
+        """Keras `compile`; contrastive_weight > 0 adds the authors' contrastive
+        loss on the pooled backbone features (`losses.contrastive_loss`, as
+        their CUB / NABirds baselines) to the compiled loss in `fit`."""
+        super().compile(optimizer=optimizer, **kwargs)
+        self.contrastive = losses.LossWeights(contrastive_weight=contrastive_weight,
+                                              contrastive_margin=contrastive_margin)
+        self.contrastive_tracker = (tf.keras.metrics.Mean("contrastive")
+                                    if contrastive_weight else None)
+
+    @property
+    def metrics(self):
+        tracker = getattr(self, "contrastive_tracker", None)
+        return super().metrics + ([tracker] if tracker is not None else [])
+
+    def train_step(self, data):
+        if getattr(self, "contrastive_tracker", None) is None:
+            return super().train_step(data)
+        images, labels, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            logits, pooled = self(images, training=True, return_features=True)
+            contrastive = self.contrastive.contrastive_weight * losses.contrastive_loss(
+                pooled, labels, self.contrastive.contrastive_margin)
+            # Keras' `compute_loss` with the replica's mean contrastive loss as one
+            # more regularization loss: it enters the "loss" metric, and Keras
+            # scales it per replica like the others.
+            loss = self.compiled_loss(labels, logits, sample_weight,
+                                      regularization_losses=self.losses
+                                      + [tf.reduce_mean(contrastive)])
+        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
+        self.contrastive_tracker.update_state(contrastive)
+        return self.compute_metrics(images, labels, logits, sample_weight)

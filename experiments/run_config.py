@@ -1,0 +1,242 @@
+"""One run of a dataset entry point as a frozen, typed value.
+
+`experiments.runner` reads the flags once into a `RunConfig`; the stages
+(`experiments.stages`) are functions of it and never see flags, so a test
+builds one with `resolve` and calls a stage in-process. The config holds the
+paths, seed, strategy and smoke switch, the resolved `Recipe`, its
+`TNetConfig` and the evaluation options; `save` writes it next to the
+stage's checkpoints.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+from experiments.recipes import BACKBONE_EPOCHS, FieldError, Recipe
+
+TOOL_STAGES = ("evaluate", "profile", "visualize")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+# --smoke: the "tiny" model at a 32 px base resolution on generated digits.
+SMOKE_BASE = 32
+SMOKE_CLASSES = 10
+
+
+class FlagError(ValueError):
+    """A bad run setting; the message names its flag."""
+
+    def __init__(self, flag: str, message: str):
+        super().__init__(f"--{flag}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One dataset's entry point: its name, stages and defaults."""
+
+    dataset: str                    # tnet_tf data pipeline name (fmow, imagenet, cub, nabirds)
+    recipes: Dict[str, Recipe]      # training stages in the order they run
+    eval_split: str                 # shard prefix evaluated by default
+    tnet_stages: Tuple[str, ...]    # TNet training stages, last = the one evaluated
+    # Writes the dataset into a folder when --data_dir has none (datasets we can generate).
+    generate_data: Optional[Callable[[str], None]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything one stage run needs; every field but entry, recipe and
+    model_config is the flag of the same name.
+
+    recipe / model_config: a training stage's resolved recipe and model; for
+    the tool stages, those of `checkpoint_stage` (profile builds them;
+    evaluate and visualize restore the stage's saved ones).
+    budgets: evaluate's location budgets (None: the recipe's).
+    """
+
+    entry: Entry
+    stage: str
+    recipe: Recipe
+    model_config: Any                       # tnet_tf.TNetConfig
+    model_dir: str
+    data_dir: Optional[str] = None
+    seed: int = 0
+    strategy: str = "default"
+    tpu: Optional[str] = None
+    mixed_precision: bool = False
+    smoke: bool = False
+    steps_per_epoch: Optional[int] = None
+    save_every: int = 500
+    init_checkpoint: Optional[str] = None
+    checkpoint_stage: Optional[str] = None
+    eval_split: Optional[str] = None
+    eval_steps: Optional[int] = None
+    budgets: Optional[Tuple[Tuple[int, ...], ...]] = None
+    profile: bool = False
+    export_attention: bool = False
+    num_images: int = 8
+
+    @property
+    def is_training(self) -> bool:
+        return self.stage not in TOOL_STAGES
+
+    def stage_dir(self, stage: Optional[str] = None) -> str:
+        return os.path.join(self.model_dir, stage or self.stage)
+
+    def final_checkpoint(self, stage: Optional[str] = None) -> str:
+        return os.path.join(self.stage_dir(stage), "final")
+
+    def shard_pattern(self, split: str) -> str:
+        return os.path.join(self.data_dir, f"{split}-*")
+
+    def replace(self, **changes) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """The run as JSON: its options, "recipe" and "model_config"."""
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
+                  if field.name not in ("entry", "recipe", "model_config")}
+        return {"dataset": self.entry.dataset, **values,
+                "recipe": dataclasses.asdict(self.recipe),
+                "model_config": self.model_config.to_dict()}
+
+
+def resolve(entry: Entry, stage: str, model_dir: str, *,
+            recipe_changes: Optional[Mapping[str, Any]] = None,
+            model_overrides: Optional[Mapping[str, Any]] = None, **options) -> RunConfig:
+    """The run of `stage`: its recipe with `recipe_changes` and
+    `model_overrides` applied (then shrunk by `smoke`), its model config and
+    `options` (the other `RunConfig` fields; unset ones take the entry's
+    defaults). Raises FlagError naming the bad setting."""
+    options.setdefault("checkpoint_stage", entry.tnet_stages[-1])
+    options.setdefault("eval_split", entry.eval_split)
+    recipe_stage = options["checkpoint_stage"] if stage in TOOL_STAGES else stage
+    if stage not in entry.recipes and stage not in TOOL_STAGES:
+        raise FlagError("stage", f"{stage!r} is not a stage of {entry.dataset}: "
+                        f"{', '.join(list(entry.recipes) + list(TOOL_STAGES))}")
+    if recipe_stage not in entry.recipes:
+        raise FlagError("checkpoint_stage", f"{recipe_stage!r} is not a stage of "
+                        f"{entry.dataset}: {', '.join(entry.recipes)}")
+    recipe = entry.recipes[recipe_stage]
+    changes = dict(recipe_changes or {})
+    backbone = dict((model_overrides or {}).get("backbone", {})).get("name")
+    if backbone in BACKBONE_EPOCHS and "epochs" not in changes:
+        changes["epochs"] = BACKBONE_EPOCHS[backbone]
+    try:
+        recipe = recipe.replace(**changes).override_model(**(model_overrides or {}))
+    except FieldError as error:
+        raise FlagError(error.field, error.message) from None
+    smoke = options.get("smoke", False)
+    if smoke:
+        recipe = smoke_recipe(recipe)
+    try:
+        config = model_config(recipe, smoke)
+    except ValueError as error:
+        raise FlagError("stage", f"invalid model for {recipe_stage}: {error}") from None
+    return RunConfig(entry=entry, stage=stage, recipe=recipe, model_config=config,
+                     model_dir=model_dir, **options)
+
+
+def smoke_recipe(recipe: Recipe) -> Recipe:
+    """The recipe shrunk for `--smoke`: sizes scaled to a 32 px base, 2 short epochs."""
+    import tnet_tf
+    base = tnet_tf.get_preset(recipe.preset).base_resolution
+    return recipe.replace(input_size=max(SMOKE_BASE, round(recipe.input_size * SMOKE_BASE / base)),
+                          epochs=min(recipe.epochs, 2), global_batch_size=8)
+
+
+def model_config(recipe: Recipe, smoke: bool = False):
+    """The TNetConfig of a recipe: its preset with its overrides (smoke runs:
+    the size of the "tiny" preset, 32 px base, 10 classes)."""
+    import tnet_tf
+    from tnet_tf.config import TINY_SIZE_FIELDS
+
+    overrides = dict(recipe.model_overrides)
+    if smoke:
+        tiny = tnet_tf.get_preset("tiny", base_resolution=SMOKE_BASE)
+        overrides.update({name: getattr(tiny, name) for name in TINY_SIZE_FIELDS},
+                         num_classes=SMOKE_CLASSES)
+    return tnet_tf.get_preset(recipe.preset, input_size=recipe.input_size,
+                              locations=recipe.locations, **overrides)
+
+
+def validate(run: RunConfig) -> RunConfig:
+    """Checks data, checkpoints and settings before any work; raises FlagError."""
+    import tensorflow as tf
+    from tnet_tf import backbones, budget
+
+    if not run.model_dir:
+        raise FlagError("model_dir", "is required (the run folder)")
+    if run.stage != "profile":
+        if not run.data_dir:
+            raise FlagError("data_dir", "is required (the folder of the TFRecord shards)")
+        if not os.path.isdir(run.data_dir):
+            raise FlagError("data_dir", f"{run.data_dir} does not exist")
+        needed = [run.eval_split] if run.stage in TOOL_STAGES else ["train", run.eval_split]
+        for split in needed:
+            if not tf.io.gfile.glob(run.shard_pattern(split)):
+                raise FlagError("data_dir", f"{run.data_dir} has no {split}-* shards; write "
+                                f"them with python -m data_prep.{run.entry.dataset}")
+    if run.strategy not in STRATEGIES:
+        raise FlagError("strategy", f"{run.strategy!r} is not one of {', '.join(STRATEGIES)}")
+    if run.strategy == "tpu" and not run.tpu and "TPU_NAME" not in os.environ:
+        raise FlagError("tpu", "--strategy=tpu needs --tpu (or TPU_NAME)")
+    for name in ("steps_per_epoch", "eval_steps", "save_every", "num_images"):
+        value = getattr(run, name)
+        if value is not None and value < 1:
+            raise FlagError(name, f"{value} must be >= 1")
+    for locations in run.budgets or ():
+        try:
+            budget.check(locations, run.model_config.grid_size)
+        except ValueError as error:
+            raise FlagError("budgets", str(error)) from None
+    if run.stage in TOOL_STAGES:
+        stage = run.checkpoint_stage
+        if run.stage != "profile" and not os.path.exists(run.final_checkpoint(stage) +
+                                                         "/checkpoint"):
+            raise FlagError("checkpoint_stage", f"no final checkpoint of {stage} in "
+                            f"{run.final_checkpoint(stage)}; run --stage={stage} first")
+        return run
+    recipe, config = run.recipe, run.model_config
+    if recipe.init_from or run.init_checkpoint:
+        source = init_source(run)
+        if not (os.path.exists(source + ".index") or os.path.exists(source + "/checkpoint")):
+            raise FlagError("init_checkpoint", f"{source} does not exist; run --stage="
+                            f"{recipe.init_from} first or pass --init_checkpoint")
+    if config.backbone.pretrained is not None:
+        try:
+            backbones.weights_path(config.backbone.name, config.backbone.pretrained)
+        except (OSError, RuntimeError) as error:
+            raise FlagError("pretrained", str(error)) from None
+    if recipe.model == "tnet":
+        try:
+            budget.check_reachable(recipe.locations, recipe.input_size, config.base_resolution,
+                                   config.cell_fraction)
+        except ValueError as error:
+            raise FlagError("input_size", str(error)) from None
+    return run
+
+
+def init_source(run: RunConfig) -> Optional[str]:
+    """The checkpoint that initialises a training stage, if any."""
+    return run.init_checkpoint or (run.recipe.init_from and
+                                   run.final_checkpoint(run.recipe.init_from))
+
+
+def save(run: RunConfig) -> str:
+    """Prints the run and saves it as <stage folder>/run.json."""
+    os.makedirs(run.stage_dir(), exist_ok=True)
+    path = os.path.join(run.stage_dir(), "run.json")
+    text = json.dumps(run.to_dict(), indent=1, default=str)
+    print(text)
+    with open(path, "w") as handle:
+        handle.write(text)
+    return path
+
+
+def saved_run(folder: str) -> Tuple[Recipe, Any]:
+    """The resolved recipe and model config a stage saved in `folder`/run.json."""
+    import tnet_tf
+    with open(os.path.join(folder, "run.json")) as handle:
+        info = json.load(handle)
+    return Recipe.from_dict(info["recipe"]), tnet_tf.TNetConfig.from_dict(info["model_config"])
+
