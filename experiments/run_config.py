@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from experiments.recipes import BACKBONE_EPOCHS, FieldError, Recipe
 
 TOOL_STAGES = ("evaluate", "profile", "visualize")
+PRECISIONS = ("mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 # --smoke: the "tiny" model at a 32 px base resolution on generated digits.
 SMOKE_BASE = 32
@@ -62,7 +63,8 @@ class RunConfig:
     seed: int = 0
     strategy: str = "default"
     tpu: Optional[str] = None
-    mixed_precision: bool = False
+    mixed_precision: Optional[str] = None   # "mixed_bfloat16" or "mixed_float16"
+    jit_compile: bool = False
     smoke: bool = False
     steps_per_epoch: Optional[int] = None
     save_every: int = 500
@@ -178,6 +180,9 @@ def validate(run: RunConfig) -> RunConfig:
                                 f"them with python -m data_prep.{run.entry.dataset}")
     if run.strategy not in STRATEGIES:
         raise FlagError("strategy", f"{run.strategy!r} is not one of {', '.join(STRATEGIES)}")
+    if run.mixed_precision not in (None, *PRECISIONS):
+        raise FlagError("mixed_precision", f"{run.mixed_precision!r} is not one of "
+                        f"{', '.join(PRECISIONS)}")
     if run.strategy == "tpu" and not run.tpu and "TPU_NAME" not in os.environ:
         raise FlagError("tpu", "--strategy=tpu needs --tpu (or TPU_NAME)")
     for name in ("steps_per_epoch", "eval_steps", "save_every", "num_images"):

@@ -16,7 +16,7 @@ from absl import app, flags
 
 from experiments import stages
 from experiments.recipes import SCHEDULES, Recipe
-from experiments.run_config import STRATEGIES, TOOL_STAGES, Entry, FlagError, RunConfig, resolve
+from experiments.run_config import PRECISIONS, STRATEGIES, TOOL_STAGES, Entry, FlagError, RunConfig, resolve
 
 FLAGS = flags.FLAGS
 __all__ = ["Entry", "FlagError", "define_flags", "main_for", "read_flags", "run", "start"]
@@ -55,12 +55,16 @@ def define_flags(entry: Entry, default_stage: str, extra_stages: Sequence[str] =
                       flag_values=flag_values)
     flags.DEFINE_enum("strategy", "default", list(STRATEGIES), "tf.distribute strategy.",
                       flag_values=flag_values)
+    flags.DEFINE_enum("mixed_precision", None, list(PRECISIONS), "Keras mixed-precision policy "
+                      "(mixed_float16 adds loss scaling); the location distributions, "
+                      "rewards, baseline and losses stay float32.", flag_values=flag_values)
     run_flags = [
         ("string", "data_dir", None, "Folder of the TFRecord shards (data_prep output)."),
         ("string", "model_dir", None, "Run folder; each stage writes to its subfolder."),
         ("string", "tpu", None, "TPU name or address for --strategy=tpu."),
         ("integer", "steps_per_epoch", None, "Default: training images / global batch."),
-        ("bool", "mixed_precision", False, "bfloat16 on CPU/TPU, float16 on GPU."),
+        ("bool", "jit_compile", False, "Compile the train and eval steps with XLA (TPUs "
+         "need it; on a CPU it was slower)."),
         ("integer", "seed", 0, "Seed of weights, data order and augmentation."),
         ("bool", "smoke", False, "Run the stage end to end on a tiny generated dataset with a "
          "compact model, to check an installation (about a minute)."),

@@ -78,8 +78,7 @@ def make_strategy(config: RunConfig) -> tf.distribute.Strategy:
 
 def set_precision(config: RunConfig) -> None:
     if config.mixed_precision:
-        gpu = bool(tf.config.list_logical_devices("GPU"))
-        tf.keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "mixed_bfloat16")
+        tf.keras.mixed_precision.set_global_policy(config.mixed_precision)
 
 
 def input_config(config: RunConfig, split: str, image_size: int, batch_size: int,
@@ -110,8 +109,11 @@ def build_model(recipe: Recipe, config):
     return tnet_tf.Classifier(config, input_size=recipe.input_size)
 
 
-def compile_model(model, recipe: Recipe, total_steps: int, run_eagerly: bool = False) -> None:
-    """Compiles for training (`--smoke` runs the steps eagerly: no graph to build)."""
+def compile_model(model, recipe: Recipe, total_steps: int, run_eagerly: bool = False,
+                  jit_compile: bool = False) -> None:
+    """Compiles for training (`--smoke` runs the steps eagerly: no graph to
+    build, unless they are XLA-compiled)."""
+    run_eagerly = run_eagerly and not jit_compile
     optimizer = training.make_optimizer(recipe.learning_rate, total_steps,
                                         schedule=recipe.lr_schedule)
     backbone_optimizer = None
@@ -125,7 +127,8 @@ def compile_model(model, recipe: Recipe, total_steps: int, run_eagerly: bool = F
                       backbone_optimizer=backbone_optimizer,
                       random_warmup_steps=recipe.random_warmup_steps,
                       contrastive_weight=recipe.contrastive_weight,
-                      contrastive_margin=recipe.contrastive_margin, run_eagerly=run_eagerly)
+                      contrastive_margin=recipe.contrastive_margin, run_eagerly=run_eagerly,
+                      jit_compile=jit_compile)
         return
     if recipe.weight_decay:
         model.add_loss(lambda: training.l2_penalty(training.decayed_variables(model),
@@ -136,7 +139,8 @@ def compile_model(model, recipe: Recipe, total_steps: int, run_eagerly: bool = F
                   metrics=[tf.keras.metrics.SparseCategoricalAccuracy("top1"),
                            tf.keras.metrics.SparseTopKCategoricalAccuracy(top5, "top5")],
                   contrastive_weight=recipe.contrastive_weight,
-                  contrastive_margin=recipe.contrastive_margin, run_eagerly=run_eagerly)
+                  contrastive_margin=recipe.contrastive_margin, run_eagerly=run_eagerly,
+                  jit_compile=jit_compile)
 
 
 def train(config: RunConfig) -> dict:
@@ -151,7 +155,8 @@ def train(config: RunConfig) -> dict:
         steps = min(steps, 2)
     with strategy.scope():
         model = build_model(recipe, config.model_config)
-        compile_model(model, recipe, steps * recipe.epochs, run_eagerly=config.smoke)
+        compile_model(model, recipe, steps * recipe.epochs, run_eagerly=config.smoke,
+                      jit_compile=config.jit_compile)
     source = run_config.init_source(config)
     if source and not os.path.isdir(os.path.join(folder, "backup")):
         skip = ("classifier",) if _class_count_changed(source, config.model_config) else ()

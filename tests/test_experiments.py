@@ -170,6 +170,21 @@ def test_every_stage_of_the_other_entry_points_runs_with_smoke(name, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_stage_trains_xla_compiled_in_bfloat16(tmp_path):
+    from experiments.digits import ENTRY
+
+    try:
+        result = smoke(ENTRY, "train_128", tmp_path, jit_compile=True,
+                       mixed_precision="mixed_bfloat16")
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+    assert os.path.exists(result["checkpoint"] + "/checkpoint")
+    with open(tmp_path / "train_128" / "run.json") as handle:
+        saved = json.load(handle)
+    assert (saved["jit_compile"], saved["mixed_precision"]) == (True, "mixed_bfloat16")
+
+
+@pytest.mark.slow
 def test_digits_generates_its_data_and_runs_every_stage(tmp_path):
     import dataclasses
     import functools

@@ -144,3 +144,47 @@ def test_positional_code_matches_numpy(size):
     for row, triplet in enumerate(triplets):
         np.testing.assert_allclose(paper[row], _numpy_code_paper(*triplet, size), atol=1e-5)
         np.testing.assert_allclose(release[row], _numpy_code_release(*triplet, size), atol=1e-5)
+
+
+def _smooth_images(batch, height, width):
+    y, x = np.meshgrid(np.linspace(0, 3, height), np.linspace(0, 5, width), indexing="ij")
+    channels = [np.sin(y + c) * np.cos(x - 2 * c) for c in range(3)]
+    image = np.stack(channels, -1).astype(np.float32)
+    return tf.constant(np.stack([image * (b + 1) / batch for b in range(batch)]))
+
+
+def test_gather_crop_and_resize_equals_the_tf_kernel_with_its_gradients():
+    rng = np.random.default_rng(0)
+    images = _smooth_images(2, 61, 47)
+    starts = rng.uniform(-0.3, 0.8, (9, 2))          # some boxes leave the image
+    ends = starts + rng.uniform(0.05, 0.7, (9, 2))
+    boxes = tf.constant(np.concatenate([starts, ends], 1).astype(np.float32))   # y1 x1 y2 x2
+    indices = tf.constant(rng.integers(0, 2, 9).astype(np.int32))
+    for size in ((13, 17), (1, 5)):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch([images, boxes])
+            expected = tf.image.crop_and_resize(images, boxes, indices, size)
+            actual = geometry.crop_and_resize(images, boxes, indices, size)
+            weights = tf.random.stateless_uniform(expected.shape, [0, 1])
+            losses = [tf.reduce_sum(weights * crops) for crops in (expected, actual)]
+        np.testing.assert_allclose(actual.numpy(), expected.numpy(), atol=1e-5)
+        assert np.count_nonzero(expected.numpy() == 0) > 0      # extrapolated rows / columns
+        for source in (images, boxes):
+            grad_tf, grad_gather = (tape.gradient(loss, source) for loss in losses)
+            np.testing.assert_allclose(tf.convert_to_tensor(grad_gather).numpy(),
+                                       tf.convert_to_tensor(grad_tf).numpy(),
+                                       rtol=1e-3, atol=1e-3)
+
+
+def test_gather_crop_and_resize_compiles_with_xla():
+    images = _smooth_images(1, 40, 40)
+    boxes, indices = tf.constant([[0.1, 0.2, 0.6, 0.9]]), tf.constant([0])
+    compiled = tf.function(lambda i: geometry.crop_and_resize(i, boxes, indices, (8, 8)),
+                           jit_compile=True)
+    np.testing.assert_allclose(compiled(images).numpy(),
+                               tf.image.crop_and_resize(images, boxes, indices, (8, 8)).numpy(),
+                               atol=1e-5)
+    kernel = tf.function(lambda i: tf.image.crop_and_resize(i, boxes, indices, (8, 8)),
+                         jit_compile=True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="CropAndResize"):
+        kernel(images)

@@ -57,6 +57,16 @@ def test_a_run_config_built_without_flags_equals_the_flags_one():
     assert direct.model_config.backbone.spatial_dropout == 0.1
 
 
+def test_precision_and_xla_are_run_settings():
+    config = read(FMOW, "--model_dir=m", "--mixed_precision=mixed_bfloat16", "--jit_compile")
+    assert (config.mixed_precision, config.jit_compile) == ("mixed_bfloat16", True)
+    assert read(FMOW, "--model_dir=m").mixed_precision is None
+    with pytest.raises(flags.IllegalFlagValueError):
+        read(FMOW, "--model_dir=m", "--mixed_precision=float8")
+    with pytest.raises(run_config.FlagError, match="--mixed_precision: 'float8'"):
+        run_config.validate(config.replace(stage="profile", mixed_precision="float8"))
+
+
 def test_the_b4_backbone_brings_its_epochs_unless_they_are_given():
     assert read(FMOW, "--backbone=b4", "--model_dir=m").recipe.epochs == 125
     assert read(FMOW, "--backbone=b4", "--epochs=7", "--model_dir=m").recipe.epochs == 7

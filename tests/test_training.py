@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import tnet_tf
-from tnet_tf import backbones, geometry, training
+from tnet_tf import backbones, geometry, losses, training
 from conftest import random_batch as _data, tiny_config
 
 
@@ -190,3 +190,62 @@ def test_batch_norm_recalibration_averages_each_levels_batch_statistics():
     assert all(n.momentum == 0.99 for n in norm.norms)
     # Nothing to do for a model without batch norm per level.
     assert training.recalibrate_batch_norm(_model(), batches, steps=3) == 0
+
+
+def _three_steps(jit_compile, **compile_options):
+    """A 3-level batch-norm TNet after 3 training steps and one evaluation."""
+    tf.keras.utils.set_random_seed(0)
+    model = tnet_tf.TNet(tiny_config(backbone={"norm": "batch"}, feature_weighting=True))
+    model.compile(training.make_optimizer(1e-3, 10), lambda_c=0.3, lambda_r=0.3,
+                  weight_decay=1e-4, jit_compile=jit_compile, **compile_options)
+    images, labels = _data(8, 128)
+    logs = [model.train_on_batch(images, labels, return_dict=True) for _ in range(3)]
+    return model, logs[-1], model.evaluate(images, labels, return_dict=True, verbose=0)
+
+
+@pytest.mark.slow   # XLA compiles a 3-level TNet for about a minute
+def test_train_and_test_steps_compile_with_xla_and_match_the_uncompiled_ones():
+    plain, xla = _three_steps(False), _three_steps(True)
+    assert xla[0].xla_compatible and not plain[0].xla_compatible
+    for key in ("loss", "classification", "reinforce", "feature_reinforce", "baseline", "top1"):
+        assert xla[1][key] == pytest.approx(plain[1][key], rel=1e-4, abs=1e-5), key
+        assert xla[2][key] == pytest.approx(plain[2][key], rel=1e-4, abs=1e-5), key
+    for a, b in zip(plain[0].weights, xla[0].weights):       # moving statistics per level too
+        np.testing.assert_allclose(b.numpy(), a.numpy(), atol=1e-4, err_msg=a.name)
+    # The step really is compiled: the tf.image.crop_and_resize path has no XLA kernel.
+    model = xla[0]
+    model.xla_compatible = False
+    model.train_function = None
+    with pytest.raises(tf.errors.InvalidArgumentError, match="CropAndResize"):
+        model.train_on_batch(*_data(8, 128))
+
+
+@pytest.mark.slow   # XLA compiles a 3-level TNet for about a minute
+def test_sampled_and_random_cells_compile_with_xla():
+    model, logs, evaluation = _three_steps(True, selection="sample", monte_carlo_samples=2,
+                                           random_warmup_steps=2)
+    assert all(np.isfinite(value) for value in [*logs.values(), *evaluation.values()])
+    assert int(model.optimizer.iterations.numpy()) == 3
+
+
+def test_mixed_bfloat16_steps_stay_finite_with_float32_policy_terms():
+    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = _model()
+        model.compile(training.make_optimizer(1e-3, 10), lambda_c=0.3, lambda_r=0.3)
+        images, labels = _data(8)
+        logs = [model.train_on_batch(images, labels, return_dict=True) for _ in range(3)]
+        outputs = model(images, training=True)
+        terms = losses.tnet_loss(outputs, labels, model.baseline,
+                                 model.training_options.loss_weights)
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+    assert outputs["features"].dtype == tf.bfloat16          # the backbone ran in bfloat16
+    for probs in outputs["location_probs"]:
+        assert probs.dtype == tf.float32
+    assert outputs["location_log_probs"].dtype == tf.float32
+    assert model.baseline.dtype == tf.float32
+    for name, value in terms.items():
+        assert value.dtype == tf.float32, name
+        assert np.all(np.isfinite(value.numpy())), name
+    assert all(np.isfinite(value) for step in logs for value in step.values())

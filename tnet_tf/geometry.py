@@ -65,6 +65,48 @@ def crop_and_resize_boxes(boxes, image_height, image_width, crop_size: int):
     return tf.stack([new_y1, new_x1, new_y2, new_x2], axis=-1)
 
 
+def crop_and_resize(images, boxes, box_indices, crop_size):
+    """`tf.image.crop_and_resize` (bilinear, extrapolation value 0) built from
+    gathers, which XLA compiles (CropAndResize has no XLA kernel, so the
+    TPU / `jit_compile` steps need this path); differentiable with respect to
+    the images and the boxes.
+
+    images [B, H, W, C]; boxes [N, 4] in crop_and_resize's convention
+    (`crop_and_resize_boxes`); box_indices [N]; crop_size (height, width).
+    Returns [N, height, width, C] float32. Bilinear interpolation is
+    separable: rows are interpolated first, then columns.
+    """
+    images = tf.cast(images, tf.float32)
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    shape = tf.shape(images)
+    height, width = shape[1], shape[2]
+
+    def taps(start, end, extent, count):
+        # The sampling points of crop_and_resize along one axis: [N, count].
+        last = tf.cast(extent - 1, tf.float32)
+        if count > 1:   # the same float operations as the kernel's
+            scale = (end - start) * last / float(count - 1)
+            points = start[:, None] * last + tf.range(count, dtype=tf.float32) * scale[:, None]
+        else:
+            points = (0.5 * (start + end) * last)[:, None]
+        low = tf.floor(points)
+        inside = tf.cast((points >= 0.0) & (points <= last), tf.float32)
+        clip = lambda index: tf.clip_by_value(tf.cast(index, tf.int32), 0, extent - 1)
+        return clip(low), clip(tf.math.ceil(points)), points - low, inside
+
+    top, bottom, y_frac, y_inside = taps(boxes[:, 0], boxes[:, 2], height, crop_size[0])
+    left, right, x_frac, x_inside = taps(boxes[:, 1], boxes[:, 3], width, crop_size[1])
+    rows = tf.reshape(images, [-1, width, shape[3]])                     # [B * H, W, C]
+    first_row = tf.cast(box_indices, tf.int32)[:, None] * height
+    upper, lower = tf.gather(rows, first_row + top), tf.gather(rows, first_row + bottom)
+    lines = upper + (lower - upper) * y_frac[..., None, None]            # [N, h, W, C]
+    west = tf.gather(lines, left, axis=2, batch_dims=1)
+    east = tf.gather(lines, right, axis=2, batch_dims=1)
+    crops = west + (east - west) * x_frac[:, None, :, None]              # [N, h, w, C]
+    mask = y_inside[:, :, None] * x_inside[:, None, :]
+    return crops * mask[..., None]
+
+
 def cell_centres(grid_size: int, cell_fraction: float) -> np.ndarray:
     """Centres of the grid cells along one axis, as fractions of the side."""
     boxes = grid_boxes(grid_size, cell_fraction)[:grid_size]

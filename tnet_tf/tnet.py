@@ -119,6 +119,10 @@ class TNet(tf.keras.Model):
             config.num_classes, config.dropout, config.initializer, name="classifier")
         self.feature_weighting = (FeatureWeighting(config.initializer, name="feature_weighting")
                                   if config.feature_weighting else None)
+        # True: glimpses are cut by gathers that XLA compiles (`geometry.crop_and_resize`)
+        # instead of tf.image.crop_and_resize (faster uncompiled); set it before wrapping
+        # the model in tf.function(jit_compile=True). `compile(jit_compile=True)` sets it.
+        self.xla_compatible = False
 
     # ------------------------------------------------------------------
     def resolve_locations(self, locations: Optional[Sequence[int]]) -> Tuple[int, ...]:
@@ -162,7 +166,9 @@ class TNet(tf.keras.Model):
                                                     self.config.base_resolution)
         indices = tf.repeat(tf.range(shape[0]), count)
         size = [self.config.base_resolution] * 2
-        glimpses = tf.image.crop_and_resize(tf.cast(images, tf.float32), crop_boxes, indices, size)
+        # XLA has no CropAndResize kernel: compiled steps take the gather version.
+        crop = geometry.crop_and_resize if self.xla_compatible else tf.image.crop_and_resize
+        glimpses = crop(tf.cast(images, tf.float32), crop_boxes, indices, size)
         set_backbone_level(self.backbone, level)
         return self.backbone(glimpses, training=training)
 

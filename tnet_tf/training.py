@@ -318,6 +318,7 @@ class TNet(tnet.TNet):
         Creates the baseline b (0.5) on first compile; recompiling keeps it.
         """
         super().compile(optimizer=optimizer, **kwargs)
+        self.xla_compatible = bool(kwargs.get("jit_compile"))
         weights = losses.LossWeights(lambda_f, lambda_c, lambda_r, max_feature_level,
                                      contrastive_weight, contrastive_margin)
         self.training_options = TrainingOptions(
