@@ -173,7 +173,7 @@ def validate(run: RunConfig) -> RunConfig:
             raise FlagError("data_dir", "is required (the folder of the TFRecord shards)")
         if not os.path.isdir(run.data_dir):
             raise FlagError("data_dir", f"{run.data_dir} does not exist")
-        needed = [run.eval_split] if run.stage in TOOL_STAGES else ["train", run.eval_split]
+        needed = ["train", run.eval_split] if run.is_training else [run.eval_split]
         for split in needed:
             if not tf.io.gfile.glob(run.shard_pattern(split)):
                 raise FlagError("data_dir", f"{run.data_dir} has no {split}-* shards; write "
@@ -194,7 +194,7 @@ def validate(run: RunConfig) -> RunConfig:
             budget.check(locations, run.model_config.grid_size)
         except ValueError as error:
             raise FlagError("budgets", str(error)) from None
-    if run.stage in TOOL_STAGES:
+    if not run.is_training:
         stage = run.checkpoint_stage
         if run.stage != "profile" and not os.path.exists(run.final_checkpoint(stage) +
                                                          "/checkpoint"):
