@@ -227,10 +227,23 @@ def init_source(run: RunConfig) -> Optional[str]:
                                    run.final_checkpoint(run.recipe.init_from))
 
 
+def is_chief() -> bool:
+    """Whether this process writes the run's files: yes unless `TF_CONFIG`
+    names another task the chief (the "chief" task, else worker 0)."""
+    info = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = info.get("task") or {}
+    if task.get("type") in (None, "chief"):
+        return True
+    return (task["type"] == "worker" and int(task.get("index", 0)) == 0
+            and "chief" not in info.get("cluster", {}))
+
+
 def save(run: RunConfig) -> str:
-    """Prints the run and saves it as <stage folder>/run.json."""
-    os.makedirs(run.stage_dir(), exist_ok=True)
+    """Prints the run and saves it as <stage folder>/run.json (on the chief only)."""
     path = os.path.join(run.stage_dir(), "run.json")
+    if not is_chief():
+        return path
+    os.makedirs(run.stage_dir(), exist_ok=True)
     text = json.dumps(run.to_dict(), indent=1, default=str)
     print(text)
     with open(path, "w") as handle:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import time
 from typing import List, Optional, Tuple
 
 import tensorflow as tf
@@ -23,16 +24,22 @@ from tnet_tf.data import pipeline
 # Batches that re-estimate batch-norm statistics per level after training
 # (`training.recalibrate_batch_norm`; only models with `LevelBatchNormalization`).
 RECALIBRATION_STEPS = 60
+# Seconds the non-chief workers of a multi-worker run wait for the chief to
+# write a generated dataset (the digits demo's, `--smoke` data).
+DATA_WAIT_S = 1800
 
 
 def run(config: RunConfig):
     """Prepares the data, validates the run, saves it and runs its stage;
     returns the stage's result. Raises FlagError on a bad setting."""
+    # A multi-worker or TPU strategy must exist before any TensorFlow op runs.
+    strategy = make_strategy(config) if config.is_training else None
     config = run_config.validate(prepare_data(config))
     run_config.save(config)
     tf.keras.utils.set_random_seed(config.seed)
-    stage = train if config.is_training else STAGES[config.stage]
-    return stage(config)
+    if config.is_training:
+        return train(config, strategy)
+    return STAGES[config.stage](config)
 
 
 def prepare_data(config: RunConfig) -> RunConfig:
@@ -42,25 +49,45 @@ def prepare_data(config: RunConfig) -> RunConfig:
     if not config.model_dir:
         return config
     if config.smoke and not config.data_dir:
-        folder = make_smoke_data(os.path.join(config.model_dir, "smoke_data"))
+        folder = os.path.join(config.model_dir, "smoke_data")
+        generate_once(folder, make_smoke_data, "smoke")
         return config.replace(data_dir=folder, eval_split="test")
     if config.entry.generate_data is not None:
         config = config.replace(data_dir=config.data_dir or
                                 os.path.join(config.model_dir, "data"))
-        if not glob.glob(config.shard_pattern("train")):
-            print(f"generating the {config.entry.dataset} dataset in {config.data_dir}")
-            config.entry.generate_data(config.data_dir)
+        generate_once(config.data_dir, config.entry.generate_data, config.entry.dataset,
+                      needed=not glob.glob(config.shard_pattern("train")))
     return config
 
 
-def make_smoke_data(folder: str) -> str:
+def generate_once(folder: str, write, name: str, needed: bool = True,
+                  wait_s: float = DATA_WAIT_S) -> None:
+    """Writes a generated dataset into `folder` on the chief (when `needed`)
+    and marks it complete; the other workers of a multi-worker run wait for
+    the mark instead of writing the same files."""
+    mark = os.path.join(folder, "COMPLETE")
+    if run_config.is_chief():
+        if needed:
+            print(f"generating the {name} dataset in {folder}")
+            write(folder)
+        os.makedirs(folder, exist_ok=True)
+        open(mark, "w").close()
+        return
+    deadline = time.time() + wait_s
+    while not os.path.exists(mark):
+        if time.time() > deadline:
+            raise FlagError(f"--data_dir: the chief did not finish the {name} dataset in "
+                            f"{folder} within {wait_s:.0f} s")
+        time.sleep(2)
+
+
+def make_smoke_data(folder: str) -> None:
     """A tiny cluttered-digits dataset (128 px canvases) for `--smoke` runs."""
     from data_prep import digits
 
     spec = digits.CanvasSpec(canvas_size=128, clutter=4)
     for split, count in (("train", 32), ("test", 16)):
         digits.write_split(folder, split, count, 2, seed=0, spec=spec)
-    return folder
 
 
 def make_strategy(config: RunConfig) -> tf.distribute.Strategy:
@@ -143,12 +170,13 @@ def compile_model(model, recipe: Recipe, total_steps: int, run_eagerly: bool = F
                   jit_compile=jit_compile)
 
 
-def train(config: RunConfig) -> dict:
-    """Trains one stage into <model_dir>/<stage>; rerunning resumes it.
+def train(config: RunConfig, strategy: Optional[tf.distribute.Strategy] = None) -> dict:
+    """Trains one stage into <model_dir>/<stage> under `strategy` (default:
+    the one `config.strategy` names); rerunning resumes it.
     Returns {"checkpoint": final weights, "rows": a baseline's test results}."""
     recipe, stage, folder = config.recipe, config.stage, config.stage_dir()
     set_precision(config)
-    strategy = make_strategy(config)
+    strategy = strategy or make_strategy(config)
     examples = count_examples(config, "train", recipe)
     steps = config.steps_per_epoch or max(1, examples // recipe.global_batch_size)
     if config.smoke:
@@ -166,8 +194,13 @@ def train(config: RunConfig) -> dict:
     skipped = pipeline.new_skip_counter()
     train_input = input_config(config, "train", recipe.input_size, recipe.global_batch_size,
                                True, recipe)
+    epoch, step = checkpoints.resume_position(folder, steps)
+    epochs = pipeline.Epochs(steps, recipe.training_epochs, epoch, step)
+    if (epoch, step) != (0, 0):
+        print(f"{stage}: resuming from {folder}/backup at epoch {epoch + 1}, step {step + 1}; "
+              f"the input skips the {step} batches of that epoch already trained")
     data = tf.keras.utils.experimental.DatasetCreator(
-        lambda context: pipeline.make_dataset(train_input, context, skipped))
+        lambda context: pipeline.make_dataset(train_input, context, skipped, epochs))
     callbacks = checkpoints.training_callbacks(folder, save_every=config.save_every)
     callbacks.append(pipeline.SkippedRecordsLogger(skipped))
     stopped = (f" (early stop: of a {recipe.epochs}-epoch schedule)"
@@ -180,10 +213,27 @@ def train(config: RunConfig) -> dict:
                                            RECALIBRATION_STEPS)
     if used:
         print(f"{stage}: batch-norm statistics re-estimated on {used} training batches")
-    model.save_weights(os.path.join(config.final_checkpoint(), "weights"))
+    save_final_weights(model, config.final_checkpoint(), strategy)
     print(f"{stage}: final weights in {config.final_checkpoint()}")
-    rows = evaluate_baseline(config, model) if recipe.model == "baseline" else None
+    rows = evaluate_baseline(config, model, strategy) if recipe.model == "baseline" else None
     return {"checkpoint": config.final_checkpoint(), "rows": rows}
+
+
+def save_final_weights(model, folder: str, strategy: tf.distribute.Strategy) -> None:
+    """Saves `model` to `folder`/weights on the chief. Every worker of a
+    multi-worker run saves (as the Keras guide asks), the others into a
+    temporary folder that is then removed."""
+    if strategy.extended.should_checkpoint:
+        model.save_weights(os.path.join(folder, "weights"))
+        return
+    task = strategy.cluster_resolver.task_id
+    temporary = f"{folder}_workertemp_{task}"
+    model.save_weights(os.path.join(temporary, "weights"))
+    tf.io.gfile.rmtree(temporary)
+    # Keras leaves this worker's backup folder behind when no backup was due.
+    backup = os.path.join(os.path.dirname(folder), "backup", f"workertemp_{task}")
+    if tf.io.gfile.isdir(backup) and not tf.io.gfile.listdir(backup):
+        tf.io.gfile.rmtree(backup)
 
 
 def _class_count_changed(source: str, config) -> bool:
@@ -202,7 +252,10 @@ def eval_dataset(config: RunConfig, size: int, recipe: Recipe, batch_size: int =
     return dataset.take(config.eval_steps) if config.eval_steps else dataset
 
 
-def evaluate_baseline(config: RunConfig, model) -> List[dict]:
+def evaluate_baseline(config: RunConfig, model,
+                      strategy: Optional[tf.distribute.Strategy] = None) -> List[dict]:
+    """A trained baseline's test row; written to the stage's results on the
+    chief only (every worker of a multi-worker run evaluates)."""
     recipe = config.recipe
     results = model.evaluate(eval_dataset(config, recipe.input_size, recipe), return_dict=True,
                              verbose=2 if config.smoke else 1)
@@ -212,6 +265,8 @@ def evaluate_baseline(config: RunConfig, model) -> List[dict]:
            "top1": 100.0 * results["top1"], "top5": 100.0 * results["top5"],
            "gflops": profiling.count_flops_eq11(model, shape) / 1e9,
            "params": model.count_params()}
+    if strategy is not None and not strategy.extended.should_checkpoint:
+        return [row]
     paths = tables.write_table([row], os.path.join(config.stage_dir(), "results"))
     print(open(paths["md"]).read())
     return [row]

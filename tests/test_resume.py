@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tnet_tf import checkpoints
+
 SCRIPT = pathlib.Path(__file__).parent / "scripts" / "train_tiny.py"
 
 
@@ -36,6 +38,9 @@ def test_killed_run_resumes_with_step_baseline_and_learning_rate(tmp_path):
     assert first.returncode == -signal.SIGKILL
     before = {e["step"]: e for e in _events(seen) if e["event"] == "step"}
     assert max(before) == 12
+    # The step-10 backup is epoch 2's batch index 1: the input resumes at its index 2.
+    assert checkpoints.resume_position(str(tmp_path), 8) == (1, 2)
+    assert checkpoints.resume_position(str(tmp_path / "nothing"), 8) == (0, 0)
 
     second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]

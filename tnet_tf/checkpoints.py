@@ -5,10 +5,14 @@ up every `save_every` steps with Keras `BackupAndRestore` (the model, which
 owns the baseline b and the optimizers, hence the step count on which the
 learning-rate schedule runs, plus the epoch and batch reached). Started
 again with the same command after being killed, `fit` restores the last
-backup and continues from the next step of the same epoch. (Keras does not
-fast-forward the input pipeline: the resumed epoch reads its data from the
-start of the dataset, which for shuffled training data only changes which
-random batches are seen.) The backup is kept at the end of training.
+backup and continues from the next step of the same epoch. Keras does not
+fast-forward the input pipeline; `resume_position` reads where the backup
+stands so that the training input (`pipeline.Epochs`) starts there: the
+resumed epoch reads the batches the uninterrupted run would have read and
+sees no example twice. Under MultiWorkerMirroredStrategy the chief writes
+`<model_dir>/backup/chief`, which every worker restores from (a shared
+file system); the other workers write temporary copies that Keras removes.
+The backup is kept at the end of training.
 
 A later stage initialises from the earlier stage's final weights (the
 entry points save them to `<stage>/final/weights` after the batch-norm
@@ -23,7 +27,7 @@ import logging
 import math
 import os
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -73,6 +77,20 @@ def training_callbacks(model_dir: str, save_every: int = 500, tensorboard: bool 
         callbacks.append(tf.keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"),
                                                         update_freq=tensorboard_every))
     return callbacks
+
+
+def resume_position(model_dir: str, steps_per_epoch: int) -> Tuple[int, int]:
+    """(epoch, step) at which `fit` with `training_callbacks(model_dir)` starts:
+    (0, 0) without a backup, else the step after the backed-up one (the rule
+    of Keras's `BackupAndRestore`: after an epoch's last step, the next epoch)."""
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "backup", "chief"))
+    if latest is None:
+        return 0, 0
+    epoch, batch = (int(tf.train.load_variable(latest, f"{name}/.ATTRIBUTES/VARIABLE_VALUE"))
+                    for name in ("ckpt_saved_epoch", "ckpt_saved_batch"))
+    if batch < 0 or batch >= steps_per_epoch - 1:     # an epoch-end backup
+        return max(epoch + 1, 0), 0
+    return epoch, batch + 1
 
 
 class TimeLeft(tf.keras.callbacks.Callback):

@@ -230,6 +230,14 @@ class TrainingMetrics:
         return {metric.name: metric.result() for metric in self.all}
 
 
+def log_global_metrics(model) -> None:
+    """Under MultiWorkerMirroredStrategy a metric read inside a replica is
+    already global, and Keras' default step-log reduction (a sum over the
+    workers) would log it times the worker count: log the first replica's."""
+    if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        model.distribute_reduction_method = "first"
+
+
 def _loss_scaler(model):
     """The LossScaleOptimizer Keras `compile` wraps around the optimizer under a
     mixed_float16 policy, or None."""
@@ -318,6 +326,7 @@ class TNet(tnet.TNet):
         Creates the baseline b (0.5) on first compile; recompiling keeps it.
         """
         super().compile(optimizer=optimizer, **kwargs)
+        log_global_metrics(self)
         self.xla_compatible = bool(kwargs.get("jit_compile"))
         weights = losses.LossWeights(lambda_f, lambda_c, lambda_r, max_feature_level,
                                      contrastive_weight, contrastive_margin)
@@ -394,6 +403,7 @@ class Classifier(tnet.Classifier):
         loss on the pooled backbone features (`losses.contrastive_loss`, as
         their CUB / NABirds baselines) to the compiled loss in `fit`."""
         super().compile(optimizer=optimizer, **kwargs)
+        log_global_metrics(self)
         self.contrastive = losses.LossWeights(contrastive_weight=contrastive_weight,
                                               contrastive_margin=contrastive_margin)
         self.contrastive_tracker = (tf.keras.metrics.Mean("contrastive")

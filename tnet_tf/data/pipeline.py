@@ -154,68 +154,135 @@ def list_shards(file_pattern: str):
     return sorted(set(files))
 
 
+@dataclasses.dataclass(frozen=True)
+class Epochs:
+    """Training input laid out as `fit`'s epochs, so that a resumed run reads
+    exactly the batches the uninterrupted run would have read.
+
+    Epoch e is shuffled and augmented with seeds drawn from (seed, e) only,
+    and the element order is deterministic; a run resumed at (`start_epoch`,
+    `start_step`) (`checkpoints.resume_position`) starts the stream there,
+    skipping the parsed records of the steps already trained before any
+    image is decoded: no example of the interrupted epoch is seen twice.
+    Epochs hold `steps` global steps; the stream ends with epoch `count`.
+    """
+
+    steps: int
+    count: int
+    start_epoch: int = 0
+    start_step: int = 0
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch `epoch`'s file order, shuffling and augmentation."""
+    return seed * 100_003 + epoch
+
+
 def make_dataset(config: InputConfig,
                  input_context: Optional[tf.distribute.InputContext] = None,
-                 skipped: Optional[tf.Variable] = None) -> tf.data.Dataset:
+                 skipped: Optional[tf.Variable] = None,
+                 epochs: Optional[Epochs] = None) -> tf.data.Dataset:
     """(image, label) batches from the TFRecords of `config.file_pattern`.
 
     With an `input_context` (from `strategy.distribute_datasets_from_function`)
     each host reads its own share of the shards and batches per replica.
+    With `epochs` (training only) the stream is laid out epoch by epoch as
+    `Epochs` says, and ends with the last epoch.
     """
     files = list_shards(config.file_pattern)
-    pipelines, pipeline_id = 1, 0
+    pipelines, pipeline_id, replicas = 1, 0, 1
     if input_context is not None:
         pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
+        replicas = input_context.num_replicas_in_sync // pipelines
     shard_files = pipelines > 1 and len(files) >= pipelines
     if shard_files:
         files = files[pipeline_id::pipelines]
+    record_shard = (pipelines, pipeline_id) if pipelines > 1 and not shard_files else None
     sizes = [tf.io.gfile.stat(path).length for path in files]
+    batch_size = config.batch_size
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(config.batch_size)
+    if epochs is not None:
+        if not config.training or config.seed is None:
+            raise ValueError("epochs: the epoch layout needs training=True and a seed")
+        config = dataclasses.replace(config, deterministic=True)
+
+    def read(seed, shuffle, repeat):
+        return _parsed_examples(config, files, sizes, skipped, record_shard, seed, shuffle,
+                                repeat)
+
+    if config.cache_decoded:      # one ordered pass, decoded and cached; shuffled per pass
+        cached = _decode_and_cache(read(config.seed, False, False), config)
+
+        def examples(seed):
+            ordered = cached.shuffle(config.shuffle_buffer, seed=seed) if config.training \
+                else cached
+            return ordered.repeat() if _repeat(config) else ordered
+    else:
+        def examples(seed):
+            return read(seed, config.training, _repeat(config))
+
+    if epochs is None:
+        return preprocess_and_batch(examples(config.seed), config, batch_size)
+
+    def one_epoch(epoch: int, start_step: int):
+        # A global step takes one per-replica batch for each of this pipeline's replicas.
+        seed = epoch_seed(config.seed, epoch)
+        batches = preprocess_and_batch(examples(seed), config, batch_size, seed=seed,
+                                       skip=start_step * replicas * batch_size)
+        return batches.take((epochs.steps - start_step) * replicas)
+
+    first = epochs.start_epoch
+    stream = one_epoch(first, epochs.start_step)
+    for epoch in range(first + 1, epochs.count):
+        stream = stream.concatenate(one_epoch(epoch, 0))
+    return stream
+
+
+def _parsed_examples(config: InputConfig, files, sizes, skipped, record_shard, seed,
+                     shuffle: bool, repeat: bool) -> tf.data.Dataset:
+    """The valid parsed records of `files`, shuffled with `seed` if `shuffle`."""
     file_ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
-    shuffle, repeat = config.training, _repeat(config)
-    if config.cache_decoded:      # one ordered pass, cached; shuffled and repeated below
-        shuffle = repeat = False
     if shuffle:
-        file_ds = file_ds.shuffle(len(files), seed=config.seed, reshuffle_each_iteration=True)
+        file_ds = file_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         file_ds = file_ds.repeat()
     records = file_ds.interleave(
         lambda path, size: read_shard(path, size, config.strict, skipped),
         cycle_length=max(1, min(config.cycle_length, len(files))),
         num_parallel_calls=AUTOTUNE, deterministic=config.ordered)
-    if pipelines > 1 and not shard_files:
-        records = records.shard(pipelines, pipeline_id)
+    if record_shard is not None:
+        records = records.shard(*record_shard)
     if shuffle:
-        records = records.shuffle(config.shuffle_buffer, seed=config.seed)
+        records = records.shuffle(config.shuffle_buffer, seed=seed)
     examples = records.map(lambda record, path, index: _parse_checked(
         record, path, index, config, skipped), num_parallel_calls=AUTOTUNE,
         deterministic=config.ordered)
-    examples = examples.filter(lambda example: example["valid"])
-    if config.cache_decoded:
-        examples = examples.map(_decode, num_parallel_calls=AUTOTUNE, deterministic=True)
-        if not config.strict:
-            examples = examples.ignore_errors(log_warning=True)
-        examples = examples.cache()
-        if config.training:
-            examples = examples.shuffle(config.shuffle_buffer, seed=config.seed)
-        if _repeat(config):
-            examples = examples.repeat()
-    batch_size = config.batch_size
-    if input_context is not None:
-        batch_size = input_context.get_per_replica_batch_size(config.batch_size)
-    return preprocess_and_batch(examples, config, batch_size)
+    return examples.filter(lambda example: example["valid"])
 
 
-def preprocess_and_batch(examples: tf.data.Dataset, config: InputConfig,
-                         batch_size: int) -> tf.data.Dataset:
+def _decode_and_cache(examples: tf.data.Dataset, config: InputConfig) -> tf.data.Dataset:
+    examples = examples.map(_decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if not config.strict:
+        examples = examples.ignore_errors(log_warning=True)
+    return examples.cache()
+
+
+def preprocess_and_batch(examples: tf.data.Dataset, config: InputConfig, batch_size: int,
+                         seed: Optional[int] = None, skip: int = 0) -> tf.data.Dataset:
     """Decodes, augments or resizes, batches and prefetches parsed examples.
 
     `examples` yields dicts with "encoded" (JPEG bytes), "label", "boxes"
-    [n, 4] and "box_labels" [n] (see `schema.parse_example`).
+    [n, 4] and "box_labels" [n] (see `schema.parse_example`). Augmentation
+    seeds come from `seed` (default `config.seed`); the first `skip`
+    examples are dropped before they are decoded.
     """
     if config.crop_to_boxes:
         examples = examples.flat_map(_one_example_per_box)
-    seeds = tf.data.Dataset.random(seed=config.seed).batch(2)
+    seeds = tf.data.Dataset.random(seed=config.seed if seed is None else seed).batch(2)
     paired = tf.data.Dataset.zip((examples, seeds))
+    if skip:
+        paired = paired.skip(skip)
     images = paired.map(lambda example, seed: _preprocess(example, seed, config),
                         num_parallel_calls=AUTOTUNE, deterministic=config.ordered)
     if not config.strict:
