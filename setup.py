@@ -24,5 +24,7 @@ setup(
     packages=find_packages(include=["tnet_tf*", "experiments*", "data_prep*"]),
     python_requires=">=3.9,<3.12",
     install_requires=REQUIREMENTS,
-    extras_require={"test": ["pytest>=7"]},
+    # apache-beam 2.71 is the newest that resolves with TensorFlow 2.15's protobuf 3.20.
+    extras_require={"test": ["pytest>=7"],
+                    "beam": ["apache-beam==2.71.0", "protobuf==3.20.3"]},
 )

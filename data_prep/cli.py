@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Sequence
 
 from absl import flags
 
-from data_prep import shards
+from data_prep import beam, shards
 from data_prep.problems import BadInputError, ProblemLog
 
 FLAGS = flags.FLAGS
@@ -27,7 +27,12 @@ def define_flags(shard_defaults: Dict[str, int], input_help: str) -> None:
         flags.DEFINE_integer(f"{split}_shards", count, f"Number of {split} shards.")
     flags.DEFINE_integer("max_min_dim", 1000, "Images whose shorter side exceeds this are "
                          "downscaled to it; 0 keeps every size.")
-    flags.DEFINE_integer("workers", os.cpu_count() or 1, "Worker processes.")
+    flags.DEFINE_integer("workers", os.cpu_count() or 1, "Worker processes (--runner=local).")
+    flags.DEFINE_enum("runner", "local", beam.RUNNERS, "local: a process pool of --workers; "
+                      "beam: an Apache Beam pipeline (pip install -e .[beam]).")
+    flags.DEFINE_string("beam_pipeline_options", "", "Beam pipeline options for --runner=beam, "
+                        "comma-separated without dashes, e.g. runner=DirectRunner,"
+                        "direct_running_mode=multi_processing,direct_num_workers=8.")
     flags.DEFINE_bool("strict", False, "Stop at the first bad input instead of skipping or "
                       "fixing it.")
     flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
@@ -37,7 +42,9 @@ def define_flags(shard_defaults: Dict[str, int], input_help: str) -> None:
 def options_from_flags(**extra) -> shards.Options:
     return shards.Options(output_dir=FLAGS.output_dir, workers=FLAGS.workers,
                           strict=FLAGS.strict, max_min_dim=FLAGS.max_min_dim,
-                          progress=FLAGS.progress, **extra)
+                          progress=FLAGS.progress, runner=FLAGS.runner,
+                          beam_options=tuple(beam.pipeline_options(FLAGS.beam_pipeline_options)),
+                          **extra)
 
 
 def check_splits(requested: Sequence[str], available: Sequence[str]) -> List[str]:

@@ -21,12 +21,12 @@ import dataclasses
 import json
 import multiprocessing
 import os
-from typing import Dict, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
-from data_prep import shards as shards_lib
+from data_prep import beam, shards as shards_lib
 from tnet_tf.data import schema
 
 SPLITS = {"train": (0, 1400), "test": (1400, 1797)}
@@ -99,9 +99,11 @@ def canvas_example(split: str, index: int, seed: int, sources: np.ndarray, label
 
 def write_split(output_dir: str, split: str, count: int, shards: int, seed: int,
                 spec: CanvasSpec = CanvasSpec(), workers: int = 1,
-                progress: bool = False) -> Dict:
+                progress: bool = False, runner: str = "local",
+                beam_options: Sequence[str] = ()) -> Dict:
     """Writes `count` canvases of `split` in `shards` TFRecord shards with
-    `workers` processes; returns the report. `progress` shows a bar with an ETA."""
+    `workers` processes (or on Beam: `runner="beam"` with `beam_options`);
+    returns the report. `progress` shows a bar with an ETA."""
     if count < 1 or shards < 1 or shards > count:
         raise ValueError(f"{split}: need 1 <= shards ({shards}) <= canvases ({count})")
     os.makedirs(output_dir, exist_ok=True)
@@ -114,7 +116,9 @@ def write_split(output_dir: str, split: str, count: int, shards: int, seed: int,
     bar = tf.keras.utils.Progbar(count, unit_name="canvas") if progress else None
     if bar is not None:
         bar.update(count - sum(len(task[2]) for task in missing))
-    if workers > 1 and len(missing) > 1:
+    if runner == "beam" and missing:
+        beam.run_tasks(_write_shard, missing, output_dir, split, beam_options)
+    elif workers > 1 and len(missing) > 1:
         with multiprocessing.get_context("spawn").Pool(
                 min(workers, len(missing)), initializer=shards_lib.init_worker) as pool:
             for written in pool.imap_unordered(_write_shard, missing):
@@ -167,7 +171,9 @@ def main(argv):
                                  ("test", values.test_size, values.test_shards)):
         print(f"{split}: writing {count} canvases")
         report = write_split(values.output_dir, split, count, shards, values.seed,
-                             workers=values.workers, progress=True)
+                             workers=values.workers, progress=values.runner == "local",
+                             runner=values.runner,
+                             beam_options=beam.pipeline_options(values.beam_pipeline_options))
         print(f"{split}: {report['images']} canvases in {shards} shards -> {values.output_dir}")
 
 
@@ -180,6 +186,13 @@ if __name__ == "__main__":
     flags.DEFINE_integer("train_shards", 16, "Training shards.")
     flags.DEFINE_integer("test_shards", 4, "Test shards.")
     flags.DEFINE_integer("seed", 0, "Seed of the canvases.")
-    flags.DEFINE_integer("workers", 2, "Processes writing shards.")
+    flags.DEFINE_integer("workers", 2, "Processes writing shards (--runner=local).")
+    flags.DEFINE_enum("runner", "local", beam.RUNNERS, "local: a process pool of --workers; "
+                      "beam: an Apache Beam pipeline (pip install -e .[beam]).")
+    flags.DEFINE_string("beam_pipeline_options", "", "Beam pipeline options for --runner=beam, "
+                        "comma-separated without dashes (see data_prep/beam.py).")
     flags.mark_flag_as_required("output_dir")
-    app.run(main)
+    # Run from the imported module, so that the shard tasks Beam pickles name
+    # data_prep.digits, not __main__.
+    from data_prep import digits
+    app.run(digits.main)

@@ -24,8 +24,9 @@ import multiprocessing
 import os
 import random
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
+from data_prep import beam
 from data_prep.images import Item, make_examples
 from data_prep.problems import SKIP_ACTION, Problem, ProblemLog, SkipInput, sorted_problems
 from tnet_tf.data.schema import shard_name
@@ -43,6 +44,8 @@ class Options:
     bbox_crops: bool = False
     seed: int = 12345
     progress: bool = True
+    runner: str = "local"           # "local" (a process pool of `workers`) or "beam"
+    beam_options: Tuple[str, ...] = ()   # Beam pipeline options, as on Beam's command line
 
 
 @dataclasses.dataclass
@@ -69,9 +72,12 @@ def convert(splits: Sequence[Split], options: Options) -> Dict[str, dict]:
     """Writes every split; returns the reports by split name."""
     if options.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {options.workers}")
+    if options.runner not in beam.RUNNERS:
+        raise ValueError(f"--runner must be one of {', '.join(beam.RUNNERS)}, got "
+                         f"{options.runner!r}")
     os.makedirs(os.path.join(options.output_dir, REPORT_DIR), exist_ok=True)
     pool = None
-    if options.workers > 1:
+    if options.workers > 1 and options.runner == "local":
         pool = multiprocessing.get_context("spawn").Pool(options.workers,
                                                          initializer=init_worker)
     try:
@@ -106,7 +112,12 @@ def _convert_split(split: Split, options: Options, pool) -> dict:
             parts[os.path.basename(path)] = part
     progress = _Progress(len(split.items), split.name, len(parts), options.progress)
     progress.add(sum(part["inputs"] for part in parts.values()))
-    results = pool.imap_unordered(write_shard, tasks) if pool else map(write_shard, tasks)
+    if options.runner == "beam" and tasks:
+        beam.run_tasks(write_shard, tasks, os.path.join(options.output_dir, REPORT_DIR),
+                       split.prefix, options.beam_options)
+        results = [_finished_part(task.path, task.fingerprint) for task in tasks]
+    else:
+        results = pool.imap_unordered(write_shard, tasks) if pool else map(write_shard, tasks)
     for part in results:
         parts[part["shard"]] = part
         progress.add(part["inputs"])

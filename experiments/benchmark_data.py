@@ -4,9 +4,13 @@
     python -m experiments.benchmark_data --images=512 --image_size=1000,800 --workers=8
 
 Generates a toy fMoW-like raw tree of random JPEGs in a temporary
-directory, converts it with `data_prep` (images/s), then times training
-batches of `tnet_tf.data.make_dataset` at each `--input_sizes` (batches/s,
-after a warm-up). Prints one JSON line per measurement with the cores used.
+directory, converts it with `data_prep` on each of `--runners` in turn,
+`--repeats` times (images/s; the process pool of `--workers` and Beam's
+DirectRunner with as many processes, checking that their shards are
+byte-identical), then times training batches of `tnet_tf.data.make_dataset`
+at each `--input_sizes`, as one stream and in the epoch layout a training
+stage reads (batches/s, after a warm-up). Prints one JSON line per
+measurement with the cores used.
 """
 import json
 import os
@@ -19,6 +23,8 @@ flags.DEFINE_integer("images", 256, "Raw images to generate.")
 flags.DEFINE_list("image_size", ["800", "600"], "Width, height of the raw images.")
 flags.DEFINE_integer("workers", os.cpu_count() or 1, "Converter worker processes.")
 flags.DEFINE_integer("shards", 8, "Training shards.")
+flags.DEFINE_list("runners", ["local"], "Converter runners to time: local, beam.")
+flags.DEFINE_integer("repeats", 1, "Conversions per runner (alternating runners).")
 flags.DEFINE_list("input_sizes", ["448", "896"], "Training input sizes to time.")
 flags.DEFINE_integer("batch_size", 16, "Batch size of the timed pipeline.")
 flags.DEFINE_integer("batches", 12, "Timed batches per input size (after 2 warm-up batches).")
@@ -53,6 +59,7 @@ def main(argv):
     from data_prep import fmow, shards
     from data_prep.problems import ProblemLog
     from tnet_tf.data import InputConfig, make_dataset
+    from tnet_tf.data.pipeline import Epochs
 
     width, height = (int(v) for v in FLAGS.image_size)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -61,29 +68,51 @@ def main(argv):
         make_raw_tree(raw, FLAGS.images, width, height)
         items = fmow.list_split(raw, "train", ProblemLog())
         split = shards.Split("train", "train", FLAGS.shards, fmow.CLASSES, items)
-        start = time.perf_counter()
-        shards.convert([split], shards.Options(out, workers=FLAGS.workers, progress=False))
-        seconds = time.perf_counter() - start
-        print(json.dumps({"measure": "conversion", "images": len(items),
-                          "image_size": f"{width}x{height}", "workers": FLAGS.workers,
-                          "cores": cores, "seconds": round(seconds, 2),
-                          "images_per_second": round(len(items) / seconds, 1)}))
+        written = {}
+        beam_options = ("--direct_running_mode=multi_processing",
+                        f"--direct_num_workers={FLAGS.workers}")
+        for repeat in range(FLAGS.repeats):
+            for runner in FLAGS.runners:
+                target = os.path.join(folder, f"{runner}_{repeat}")
+                start = time.perf_counter()
+                shards.convert([split], shards.Options(target, workers=FLAGS.workers,
+                                                       progress=False, runner=runner,
+                                                       beam_options=beam_options))
+                seconds = time.perf_counter() - start
+                written[runner] = _shard_bytes(target)
+                print(json.dumps({"measure": "conversion", "runner": runner,
+                                  "images": len(items), "image_size": f"{width}x{height}",
+                                  "workers": FLAGS.workers, "cores": cores,
+                                  "seconds": round(seconds, 2),
+                                  "images_per_second": round(len(items) / seconds, 1),
+                                  "identical_to_first_runner":
+                                  written[runner] == written[FLAGS.runners[0]]}))
+        out = target
         for size in (int(s) for s in FLAGS.input_sizes):
             config = InputConfig(file_pattern=os.path.join(out, "train-*"), image_size=size,
                                  batch_size=FLAGS.batch_size, training=True, seed=0,
                                  shuffle_buffer=256)
-            iterator = iter(make_dataset(config))
-            for _ in range(2):
-                next(iterator)
-            start = time.perf_counter()
-            for _ in range(FLAGS.batches):
-                next(iterator)
-            seconds = time.perf_counter() - start
-            print(json.dumps({"measure": "training pipeline", "input_size": size,
-                              "batch_size": FLAGS.batch_size, "cores": cores,
-                              "batches_per_second": round(FLAGS.batches / seconds, 2),
-                              "images_per_second": round(
-                                  FLAGS.batches * FLAGS.batch_size / seconds, 1)}))
+            epochs = Epochs(steps=FLAGS.batches + 2, count=1)
+            for layout, dataset in (("stream", make_dataset(config)),
+                                    ("epochs", make_dataset(config, epochs=epochs))):
+                iterator = iter(dataset)
+                for _ in range(2):
+                    next(iterator)
+                start = time.perf_counter()
+                for _ in range(FLAGS.batches):
+                    next(iterator)
+                seconds = time.perf_counter() - start
+                print(json.dumps({"measure": "training pipeline", "layout": layout,
+                                  "input_size": size, "batch_size": FLAGS.batch_size,
+                                  "cores": cores,
+                                  "batches_per_second": round(FLAGS.batches / seconds, 2),
+                                  "images_per_second": round(
+                                      FLAGS.batches * FLAGS.batch_size / seconds, 1)}))
+
+
+def _shard_bytes(folder):
+    return {name: open(os.path.join(folder, name), "rb").read()
+            for name in sorted(os.listdir(folder)) if name.startswith("train-")}
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def generate_once(folder: str, write, name: str, needed: bool = True,
     deadline = time.time() + wait_s
     while not os.path.exists(mark):
         if time.time() > deadline:
-            raise FlagError(f"--data_dir: the chief did not finish the {name} dataset in "
+            raise FlagError("data_dir", f"the chief did not finish the {name} dataset in "
                             f"{folder} within {wait_s:.0f} s")
         time.sleep(2)
 
@@ -96,9 +96,13 @@ def make_strategy(config: RunConfig) -> tf.distribute.Strategy:
     if config.strategy == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     if config.strategy == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=config.tpu)
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=config.tpu)
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, OSError, tf.errors.OpError) as error:
+            raise FlagError("tpu", f"--strategy=tpu cannot reach the TPU "
+                            f"{config.tpu or '(none named)'}: {error}") from error
         return tf.distribute.TPUStrategy(resolver)
     return tf.distribute.get_strategy()
 

@@ -1,7 +1,6 @@
 """Figures are written, have the expected size and show the drawn boxes."""
 import json
 
-import numpy as np
 import pytest
 import tensorflow as tf
 

@@ -176,3 +176,26 @@ def test_entry_points_import_without_defining_flags():
         assert importlib.import_module(f"experiments.{name}").ENTRY.dataset == \
             ("digits" if name == "digits" else name)
     assert set(flags.FLAGS) == before
+
+
+def test_is_chief_follows_tf_config(monkeypatch):
+    def chief(tf_config):
+        monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config) if tf_config else "")
+        return run_config.is_chief()
+
+    workers = {"worker": ["a:1", "b:1"]}
+    assert chief(None)
+    assert chief({"cluster": workers, "task": {"type": "worker", "index": 0}})
+    assert not chief({"cluster": workers, "task": {"type": "worker", "index": 1}})
+    with_chief = {"chief": ["c:1"], **workers}
+    assert chief({"cluster": with_chief, "task": {"type": "chief", "index": 0}})
+    assert not chief({"cluster": with_chief, "task": {"type": "worker", "index": 0}})
+
+
+def test_a_tpu_strategy_without_a_tpu_is_a_flag_error(tmp_path):
+    from experiments import stages
+
+    config = run_config.resolve(FMOW, "train_448", str(tmp_path), strategy="tpu")
+    with pytest.raises(run_config.FlagError, match=r"--tpu: --strategy=tpu cannot reach the "
+                                                   r"TPU \(none named\)"):
+        stages.make_strategy(config)

@@ -125,7 +125,6 @@ def make_fmow(root: str) -> Expected:
                 expected.stored[f"{stem}.jpg"] = Stored(
                     FMOW_LABELS[category], [normalised(*box, width, height)])
                 write_msrgb(root, stem, 500 + seed, expected)
-    label = FMOW_LABELS["airport"]
     # Bad metadata (the image itself is fine).
     os.remove(f"{root}/train/airport/airport_0/airport_0_1_rgb.json")
     expected.stored["train/airport/airport_0/airport_0_1_rgb.jpg"].boxes = []

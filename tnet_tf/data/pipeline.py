@@ -10,7 +10,9 @@ Images are float32 [batch, size, size, 3] in [-1, 1]; labels int32 [batch].
 Training: files shuffled and interleaved, records shuffled, the B.2
 augmentation (`augment.train_jpeg`, decoding only the sampled crop),
 infinite repeat, full batches. Evaluation: one pass in file order, the
-per-dataset resize, a final partial batch kept.
+per-dataset resize, a final partial batch kept. The training stages read
+`make_dataset(config, context, skipped, Epochs(...))`: such batches,
+laid out per epoch so that a resumed run fast-forwards to where it stopped.
 
 Bad data: a record whose image is not a complete JPEG is skipped, counted
 and logged with its shard and index; a corrupt or truncated shard (the
