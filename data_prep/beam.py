@@ -24,6 +24,17 @@ from typing import Callable, List, Sequence
 RUNNERS = ("local", "beam")
 
 
+def define_flags() -> None:
+    """`--runner` and `--beam_pipeline_options`, shared by every converter."""
+    from absl import flags
+
+    flags.DEFINE_enum("runner", "local", RUNNERS, "local: a process pool of --workers; "
+                      "beam: an Apache Beam pipeline (pip install -e .[beam]).")
+    flags.DEFINE_string("beam_pipeline_options", "", "Beam pipeline options for --runner=beam, "
+                        "comma-separated without dashes, e.g. runner=DirectRunner,"
+                        "direct_running_mode=multi_processing,direct_num_workers=8.")
+
+
 def pipeline_options(text: str) -> List[str]:
     """`key=value,flag` -> ["--key=value", "--flag"] (Beam's own flag syntax)."""
     return [f"--{option.strip().lstrip('-')}" for option in text.split(",") if option.strip()]

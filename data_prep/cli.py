@@ -28,11 +28,7 @@ def define_flags(shard_defaults: Dict[str, int], input_help: str) -> None:
     flags.DEFINE_integer("max_min_dim", 1000, "Images whose shorter side exceeds this are "
                          "downscaled to it; 0 keeps every size.")
     flags.DEFINE_integer("workers", os.cpu_count() or 1, "Worker processes (--runner=local).")
-    flags.DEFINE_enum("runner", "local", beam.RUNNERS, "local: a process pool of --workers; "
-                      "beam: an Apache Beam pipeline (pip install -e .[beam]).")
-    flags.DEFINE_string("beam_pipeline_options", "", "Beam pipeline options for --runner=beam, "
-                        "comma-separated without dashes, e.g. runner=DirectRunner,"
-                        "direct_running_mode=multi_processing,direct_num_workers=8.")
+    beam.define_flags()
     flags.DEFINE_bool("strict", False, "Stop at the first bad input instead of skipping or "
                       "fixing it.")
     flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")

@@ -187,10 +187,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("test_shards", 4, "Test shards.")
     flags.DEFINE_integer("seed", 0, "Seed of the canvases.")
     flags.DEFINE_integer("workers", 2, "Processes writing shards (--runner=local).")
-    flags.DEFINE_enum("runner", "local", beam.RUNNERS, "local: a process pool of --workers; "
-                      "beam: an Apache Beam pipeline (pip install -e .[beam]).")
-    flags.DEFINE_string("beam_pipeline_options", "", "Beam pipeline options for --runner=beam, "
-                        "comma-separated without dashes (see data_prep/beam.py).")
+    beam.define_flags()
     flags.mark_flag_as_required("output_dir")
     # Run from the imported module, so that the shard tasks Beam pickles name
     # data_prep.digits, not __main__.

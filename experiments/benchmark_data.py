@@ -111,8 +111,12 @@ def main(argv):
 
 
 def _shard_bytes(folder):
-    return {name: open(os.path.join(folder, name), "rb").read()
-            for name in sorted(os.listdir(folder)) if name.startswith("train-")}
+    shards = {}
+    for name in sorted(os.listdir(folder)):
+        if name.startswith("train-"):
+            with open(os.path.join(folder, name), "rb") as stream:
+                shards[name] = stream.read()
+    return shards
 
 
 if __name__ == "__main__":
