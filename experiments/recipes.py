@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from tnet_tf.data.pipeline import CACHES
 from tnet_tf.training import SCHEDULES
 
 MODELS = ("tnet", "baseline")
@@ -58,7 +59,8 @@ class Recipe:
     init_from: the stage whose final checkpoint initialises this one.
     bbox_crops: train and evaluate on the context crops around the boxes.
     augment: the B.2 training augmentation (off for digits: a flip changes them).
-    cache_decoded: keep the decoded training images in memory (small datasets).
+    cache: keep the training set in memory (`pipeline.InputConfig.cache`:
+      None, "records" or "decoded"; for small datasets).
     """
 
     model: str = "tnet"
@@ -84,12 +86,14 @@ class Recipe:
     init_from: Optional[str] = None
     bbox_crops: bool = False
     augment: bool = True
-    cache_decoded: bool = False
+    cache: Optional[str] = None
 
     def __post_init__(self):
         _check(self.model in MODELS, "model", f"{self.model!r} is not one of {', '.join(MODELS)}")
         _check(self.lr_schedule in SCHEDULES, "lr_schedule",
                f"{self.lr_schedule!r} is not one of {', '.join(SCHEDULES)}")
+        _check(self.cache in (None, *CACHES), "cache",
+               f"{self.cache!r} is not one of {', '.join(CACHES)}")
         for name in ("input_size", "epochs", "global_batch_size"):
             _check(getattr(self, name) >= 1, name, f"{getattr(self, name)} must be >= 1")
         _check(self.stop_after_epochs is None or self.stop_after_epochs >= 1,
@@ -193,10 +197,10 @@ BACKBONE_EPOCHS = {"efficientnet-b4": 125}
 # The 128 px stage runs well past the classifier's take-off (docs/design_notes.md).
 _DIGITS_TNET = Recipe(preset="digits", input_size=128, locations=(2,), epochs=10,
                       learning_rate=1e-3, lr_schedule="cosine", lambda_c=0.3, lambda_r=0.3,
-                      random_warmup_steps=300, augment=False, cache_decoded=True,
+                      random_warmup_steps=300, augment=False, cache="records",
                       evaluation_budgets=((0,), (1,), (2,)))
 _DIGITS_BASELINE = Recipe(model="baseline", preset="digits", input_size=64, epochs=8,
-                          lr_schedule="cosine", augment=False, cache_decoded=True,
+                          lr_schedule="cosine", augment=False, cache="records",
                           evaluation_budgets=())
 DIGITS: Dict[str, Recipe] = {
     "train_128": _DIGITS_TNET,

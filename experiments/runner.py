@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence
 from absl import app, flags
 
 from experiments import stages
-from experiments.recipes import SCHEDULES, Recipe
+from experiments.recipes import CACHES, SCHEDULES, Recipe
 from experiments.run_config import PRECISIONS, STRATEGIES, TOOL_STAGES, Entry, FlagError, RunConfig, resolve
 
 FLAGS = flags.FLAGS
@@ -40,6 +40,7 @@ _FLAG_HELP = {
     "locations": "The training budget, e.g. '2' or '2,1'.",
     "backbone": "e.g. efficientnet-b3 or b3.",
     "pretrained": "Backbone weights: 'imagenet' or a Keras .h5 file.",
+    "cache": "Keep the training set in memory: 'records' (JPEG bytes) or 'decoded' (pixels).",
     "location_stop_gradient": "Detach the location module's inputs in training (the "
                               "authors' code).",
 }
@@ -106,8 +107,9 @@ def _define_recipe_flags(flag_values=FLAGS) -> None:
         kind = str(field.type)   # the annotation's text (postponed annotations)
         owner = "recipe's" if name not in MODEL_FLAGS else "model config's"
         text = f"Override the {owner} {name}. {_FLAG_HELP.get(name, '')}".strip()
-        if name == "lr_schedule":
-            flags.DEFINE_enum(name, None, list(SCHEDULES), text, flag_values=flag_values)
+        if name in ("lr_schedule", "cache"):
+            choices = SCHEDULES if name == "lr_schedule" else CACHES
+            flags.DEFINE_enum(name, None, list(choices), text, flag_values=flag_values)
         elif "bool" in kind:
             flags.DEFINE_bool(name, None, text, flag_values=flag_values)
         elif "float" in kind:

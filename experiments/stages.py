@@ -118,7 +118,7 @@ def input_config(config: RunConfig, split: str, image_size: int, batch_size: int
         config.entry.dataset, file_pattern=config.shard_pattern(split),
         image_size=image_size, batch_size=batch_size, training=is_training, seed=config.seed,
         crop_to_boxes=recipe.bbox_crops, augment=recipe.augment,
-        cache_decoded=recipe.cache_decoded and is_training)
+        cache=recipe.cache if is_training else None)
 
 
 def count_examples(config: RunConfig, split: str, recipe: Recipe) -> int:

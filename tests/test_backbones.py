@@ -97,6 +97,62 @@ def test_pretrained_weight_file_loads_and_sees_imagenet_normalised_input(tmp_pat
     np.testing.assert_allclose(model(images)[1].numpy(), reference(pixels).numpy(), atol=1e-4)
 
 
+@pytest.mark.parametrize("size", [64, 65])
+def test_efficientnet_with_same_padding_computes_what_keras_applications_does(size):
+    # Our EfficientNet replaces keras.applications' explicit ZeroPadding2D +
+    # VALID strided convolutions by SAME convolutions and folds batch norm into
+    # the convolutions at inference: the same outputs at even and odd sizes, in
+    # training and inference, with the same layers, names and weights.
+    model = backbones.efficientnet("efficientnet-b0", size)
+    tf.keras.backend.clear_session()     # the same layer names in the reference
+    inputs = tf.keras.layers.Input([size, size, 3])
+    x = tf.keras.layers.Rescaling(127.5, offset=127.5, name="to_0_255")(inputs)
+    keras_network = tf.keras.applications.EfficientNetB0(
+        include_top=False, weights=None, input_tensor=x, pooling="avg", drop_connect_rate=0.0)
+    reference = tf.keras.Model(inputs, [keras_network.get_layer("block4c_add").output,
+                                        keras_network.output])
+    weighted = [layer for layer in reference.layers if layer.weights]
+    assert sorted(l.name for l in model.layers if l.weights) == sorted(l.name for l in weighted)
+    rng = np.random.default_rng(0)
+    for layer in weighted:
+        weights = model.get_layer(layer.name).get_weights()
+        if isinstance(layer, tf.keras.layers.BatchNormalization):   # statistics that show
+            weights = [rng.uniform(0.5, 1.5, w.shape).astype(np.float32) for w in weights]
+            model.get_layer(layer.name).set_weights(weights)
+        layer.set_weights(weights)
+    padded = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.ZeroPadding2D)]
+    strided = [layer for layer in model.layers
+               if isinstance(layer, (tf.keras.layers.Conv2D, tf.keras.layers.DepthwiseConv2D))
+               and layer.strides == (2, 2)]
+    assert not padded and len(strided) == 5 and all(l.padding == "same" for l in strided)
+    folded = [l for l in model.layers if isinstance(l, backbones.FoldedBatchNormalization)]
+    assert len(folded) == 49 and all(l.folded_by.norm is l for l in folded)
+    images = tf.random.uniform([2, size, size, 3], -1.0, 1.0, seed=1)
+    for training in (False, True):
+        for ours, theirs in zip(model(images, training=training),
+                                reference(images, training=training)):
+            assert ours.shape == theirs.shape
+            scale = np.abs(theirs.numpy()).max()
+            np.testing.assert_allclose(ours.numpy() / scale, theirs.numpy() / scale, atol=1e-4)
+    # Training updated the moving statistics of both alike.
+    np.testing.assert_allclose(model.get_layer("top_bn").moving_mean.numpy(),
+                               reference.get_layer("top_bn").moving_mean.numpy(), atol=1e-5)
+
+
+def test_folded_efficientnet_runs_under_mixed_precision():
+    images = tf.random.uniform([2, 64, 64, 3], -1.0, 1.0, seed=2)
+    model = backbones.efficientnet("efficientnet-b0", 64)
+    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        mixed = backbones.efficientnet("efficientnet-b0", 64)
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+    mixed.set_weights(model.get_weights())
+    expected, got = model(images)[1].numpy(), mixed(images)[1]
+    assert got.dtype == tf.bfloat16
+    assert np.abs(got.numpy().astype(np.float32) - expected).max() < 0.05 * np.abs(expected).max()
+
+
 def test_missing_weight_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no_such.h5"):
         backbones.efficientnet("efficientnet-b0", 64, pretrained=str(tmp_path / "no_such.h5"))

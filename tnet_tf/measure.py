@@ -28,7 +28,8 @@ def _random_batch(input_shape, batch_size: int) -> tf.Tensor:
     return tf.random.uniform([batch_size, *shape], -1.0, 1.0, seed=0)
 
 
-def _to_host(outputs) -> None:
+def to_host(outputs) -> None:
+    """Waits for the outputs by copying every tensor among them to the host."""
     for tensor in tf.nest.flatten(outputs):
         if isinstance(tensor, tf.Tensor):
             tensor.numpy()
@@ -50,11 +51,11 @@ def measure_time(fn: Callable, input_shape: Sequence[int], batch_size: int = 64,
     images = _random_batch(input_shape, batch_size)
     infer = tf.function(inference_call(fn, **call_kwargs))
     for _ in range(warmup_batches):
-        _to_host(infer(images))
+        to_host(infer(images))
     per_image_ms = []
     for _ in range(num_batches):
         start = time.perf_counter()
-        _to_host(infer(images))
+        to_host(infer(images))
         per_image_ms.append((time.perf_counter() - start) * 1e3 / batch_size)
     return float(np.mean(per_image_ms)), float(np.std(per_image_ms))
 
@@ -84,13 +85,13 @@ def measure_peak_memory(fn: Callable, input_shape: Sequence[int], batch_size: in
     device = _accelerator()
     if device is not None:
         try:
-            _to_host(infer(images))  # trace and allocate outside the measured run
+            to_host(infer(images))  # trace and allocate outside the measured run
             tf.config.experimental.reset_memory_stats(device)
-            _to_host(infer(images))
+            to_host(infer(images))
             return int(tf.config.experimental.get_memory_info(device)["peak"]), MEMORY_DEVICE_PEAK
         except (ValueError, tf.errors.OpError):
             pass  # allocator statistics unsupported: fall back to the process peak
-    _to_host(infer(images))
+    to_host(infer(images))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # ru_maxrss is in KiB on Linux and in bytes on macOS.
     return int(peak if sys.platform == "darwin" else peak * 1024), MEMORY_PROCESS_RSS

@@ -37,6 +37,7 @@ RECORD_OVERHEAD = 16
 # Evaluation crops per dataset: None resizes the whole image. Every dataset
 # does, ImageNet included: the authors' ImageNet evaluation resizes the whole
 # image to 224 px (no central crop) for TNet and BagNet-77 alike.
+CACHES = ("records", "decoded")   # InputConfig.cache
 EVAL_CENTRAL_FRACTION = {"fmow": None, "imagenet": None, "cub": None, "nabirds": None,
                          "digits": None}
 
@@ -66,10 +67,13 @@ class InputConfig:
       cycle_length: shards read at once.
       strict: stop at the first bad record or shard instead of skipping it.
       label_offset: subtracted from stored labels (1 for 1-based records).
-      cache_decoded: decode every image once and keep the decoded images in
-        memory (uint8, about height x width x 3 bytes each; for datasets
-        that fit in RAM, e.g. the digits demo); training then shuffles the
-        cached images with `shuffle_buffer` and repeats them.
+      cache: keep the training set in memory after one ordered pass, then
+        shuffle the cached examples with `shuffle_buffer` each pass and
+        repeat them. None: read the shards every pass. "records": the
+        parsed records, images still JPEG-encoded (memory: about the size
+        of the shards; each pass decodes again). "decoded": the decoded
+        uint8 images (height x width x 3 bytes each; no decoding after the
+        first pass). Both give the same examples in the same order.
       with_object_box: evaluation only: yield (image, label, box), `box` [4]
         the record's first object box (edge-normalised y1, x1, y2, x2; the
         whole image if it has none), e.g. to score where TNet looked.
@@ -91,7 +95,7 @@ class InputConfig:
     cycle_length: int = 16
     strict: bool = False
     label_offset: int = 0
-    cache_decoded: bool = False
+    cache: Optional[str] = None
     with_object_box: bool = False
 
     def __post_init__(self):
@@ -101,8 +105,11 @@ class InputConfig:
         fraction = self.eval_central_fraction
         if fraction is not None and not 0.0 < fraction <= 1.0:
             raise ValueError(f"eval_central_fraction must be in (0, 1], got {fraction}")
-        if self.cache_decoded and self.crop_to_boxes:
-            raise ValueError("cache_decoded does not support crop_to_boxes")
+        if self.cache not in (None, *CACHES):
+            raise ValueError(f"cache must be None or one of {', '.join(CACHES)}; "
+                             f"got {self.cache!r}")
+        if self.cache and self.crop_to_boxes:
+            raise ValueError("cache does not support crop_to_boxes")
         if self.with_object_box and (self.training or self.crop_to_boxes or
                                      fraction not in (None, 1.0)):
             raise ValueError("with_object_box needs the whole-image evaluation resize: "
@@ -213,8 +220,10 @@ def make_dataset(config: InputConfig,
         return _parsed_examples(config, files, sizes, skipped, record_shard, seed, shuffle,
                                 repeat)
 
-    if config.cache_decoded:      # one ordered pass, decoded and cached; shuffled per pass
-        cached = _decode_and_cache(read(config.seed, False, False), config)
+    if config.cache:      # one ordered pass, cached; shuffled per pass
+        cached = read(config.seed, False, False)
+        cached = (_decode_and_cache(cached, config) if config.cache == "decoded"
+                  else cached.cache())
 
         def examples(seed):
             ordered = cached.shuffle(config.shuffle_buffer, seed=seed) if config.training \
@@ -381,7 +390,7 @@ def _decode(example):
 
 def _preprocess(example, seed, config: InputConfig):
     size = config.image_size
-    if "image" in example:     # decoded already (cache_decoded)
+    if "image" in example:     # decoded already (cache="decoded")
         image = example["image"]
         if config.training and config.augment:
             crop_boxes = example["boxes"] if config.crop_around_boxes else None
