@@ -21,6 +21,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import sys
 from typing import Dict, Sequence, Tuple
 
 import numpy as np
@@ -32,6 +33,7 @@ from tnet_tf.data import schema
 SPLITS = {"train": (0, 1400), "test": (1400, 1797)}
 SPLIT_IDS = {"train": 0, "test": 1}
 SHARD_PREFIX = {"train": "train", "test": "test"}
+CLASS_NAMES = tuple(str(digit) for digit in range(10))   # label d is the digit d
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,11 +133,27 @@ def write_split(output_dir: str, split: str, count: int, shards: int, seed: int,
                 bar.add(written)
     chosen = [_canvas_rng(split, i, seed)[1] for i in range(count)]
     report = {"split": split, "images": int(count), "shards": shards, "seed": seed,
+              "class_names": list(CLASS_NAMES),
               "images_per_class": np.bincount(labels[chosen], minlength=10).tolist(),
               "spec": dataclasses.asdict(spec)}
     with open(os.path.join(output_dir, f"{split}_report.json"), "w") as handle:
         json.dump(report, handle, indent=1)
     return report
+
+
+def write_samples(folder: str, count: int, seed: int = 0,
+                  spec: CanvasSpec = CanvasSpec()) -> list:
+    """The first `count` test canvases as PNG files, `test_<index>_digit<label>.png`
+    (the test split's canvases, e.g. for `experiments.predict`); returns the paths."""
+    sources, labels = load_sources(spec.digit_size)
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for index in range(count):
+        image, label, _ = canvas_example("test", index, seed, sources, labels, spec)
+        path = os.path.join(folder, f"test_{index:06d}_digit{label}.png")
+        tf.io.write_file(path, tf.io.encode_png(image))
+        paths.append(path)
+    return paths
 
 
 def _write_shard(task, sources=None, labels=None) -> int:
@@ -167,6 +185,12 @@ def main(argv):
     from absl import flags
 
     values = flags.FLAGS
+    if values.samples_dir:
+        paths = write_samples(values.samples_dir, values.samples, values.seed)
+        print(f"wrote {len(paths)} test canvases as PNG files to {values.samples_dir}")
+        return
+    if not values.output_dir:
+        sys.exit("error: --output_dir: is required (or --samples_dir for PNG samples only)")
     for split, count, shards in (("train", values.train_size, values.train_shards),
                                  ("test", values.test_size, values.test_shards)):
         print(f"{split}: writing {count} canvases")
@@ -187,8 +211,10 @@ if __name__ == "__main__":
     flags.DEFINE_integer("test_shards", 4, "Test shards.")
     flags.DEFINE_integer("seed", 0, "Seed of the canvases.")
     flags.DEFINE_integer("workers", 2, "Processes writing shards (--runner=local).")
+    flags.DEFINE_string("samples_dir", None, "Instead of shards, write the first --samples "
+                        "test canvases as PNG files here (e.g. for experiments.predict).")
+    flags.DEFINE_integer("samples", 16, "Test canvases written by --samples_dir.")
     beam.define_flags()
-    flags.mark_flag_as_required("output_dir")
     # Run from the imported module, so that the shard tasks Beam pickles name
     # data_prep.digits, not __main__.
     from data_prep import digits

@@ -178,6 +178,7 @@ def _report(split: Split, parts: List[dict]) -> dict:
         "split": split.name,
         "shards": [part["shard"] for part in parts],
         **totals,
+        "class_names": list(split.class_names),
         "classes": {name: counts for name, counts in classes.items()
                     if counts["images"] or counts["examples"] or counts["boxes"]},
         "skipped": [p for p in problems if p["action"] == SKIP_ACTION],

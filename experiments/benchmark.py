@@ -1,7 +1,7 @@
 """Does TNet's cost track its FLOPs? Every comparison of the performance
 targets in one run, printed as ratios beside the raw ms/image and memory.
 
-    python -m experiments.benchmark                       # about 12 min on 2 CPU cores
+    python -m experiments.benchmark                       # about 10 min on 2 CPU cores
     python -m experiments.benchmark --json=/tmp/bench.json --plot=docs/benchmark_scaling.png
     python -m experiments.benchmark --smoke               # tiny models, under a minute
 
@@ -10,7 +10,10 @@ What is compared (inference unless said, float32, one `tf.function` per row,
   overhead_*: TNet divided by its backbone on the B x (1 + n) base-resolution
     images TNet runs through it, in one batch (fMoW TNet at 448 [2] and
     896 [2, 1]: EfficientNet-B0 on 3B / 5B images at 224; ImageNet TNet at
-    224 [3]: BagNet-77 on 4B images at 77).
+    224 [3]: BagNet-77 on 4B images at 77). Split in two by the backbone
+    run as TNet runs it, one call per level (B, 2B, 2B images for [2, 1]):
+    by_level_vs_one_batch_* is that over one batch, tnet_vs_by_level_* TNet
+    over that (what everything but the backbone costs).
   speedup_vs_effnet_*: the EfficientNet-B0 baseline at 448 / 896 divided by
     TNet at the same input size.
   memory_vs_effnet_896: peak memory of TNet 896 [2, 1] over EN-B0 at 896, at
@@ -20,6 +23,8 @@ What is compared (inference unless said, float32, one `tf.function` per row,
     5 glimpses at 448 ([4]); the scaling rows also hold 896 [2, 1] and 1792
     [1, 1, 2], and EN-B0 at the same sizes, at --scaling_batch_size, with
     memory from fresh processes; they make the plot (--plot).
+    backbone_by_level_3584_vs_448: the backbone alone, run level by level
+    as TNet runs it at 3584 (5 calls of B images) and at 448 (B, then 4B).
   train_overhead_448_2: a TNet train step at 448 [2] over the baseline's
     train step (EN-B0 and the classifier, forward and backward, Adam) on
     3B images at 224.
@@ -131,102 +136,6 @@ def build(row: Row, smoke: bool):
 
 
 # ----------------------------------------------------------------------------
-# The hand-written EfficientNet-B0
-
-
-B0_BLOCKS = (   # (kernel, repeats, filters in, filters out, expansion, stride) per stage
-    (3, 1, 32, 16, 1, 1), (3, 2, 16, 24, 6, 2), (5, 2, 24, 40, 6, 2), (3, 3, 40, 80, 6, 2),
-    (5, 3, 80, 112, 6, 1), (5, 4, 112, 192, 6, 2), (3, 1, 192, 320, 6, 1),
-)
-
-
-def handwritten_efficientnet_b0(input_size: int, location_layer: str = "block4c_add"):
-    """EfficientNet-B0 written out for inference: 'same' padding, every batch
-    norm folded into its convolution (a bias), one per-channel affine on the
-    input; [feature map, pooled vector] like our backbones. Its layers carry
-    the keras.applications names of the convolutions; `fold_weights` fills
-    them from a Keras EN-B0."""
-    import tensorflow as tf
-    layers = tf.keras.layers
-    inputs = layers.Input([input_size, input_size, 3])
-    x = layers.DepthwiseConv2D(1, name="input_affine")(inputs)    # scale and offset per channel
-    x = layers.Conv2D(32, 3, strides=2, padding="same", activation="swish", name="stem_conv")(x)
-    for stage, (kernel, repeats, filters_in, filters_out, expand, stride) in enumerate(B0_BLOCKS):
-        for repeat in range(repeats):
-            name = f"block{stage + 1}{chr(ord('a') + repeat)}_"
-            width_in = filters_in if repeat == 0 else filters_out
-            strides = stride if repeat == 0 else 1
-            y = x
-            if expand != 1:
-                y = layers.Conv2D(width_in * expand, 1, activation="swish",
-                                  name=name + "expand_conv")(y)
-            y = layers.DepthwiseConv2D(kernel, strides=strides, padding="same",
-                                       activation="swish", name=name + "dwconv")(y)
-            se = layers.GlobalAveragePooling2D(keepdims=True, name=name + "se_squeeze")(y)
-            se = layers.Conv2D(max(1, int(width_in * 0.25)), 1, activation="swish",
-                               name=name + "se_reduce")(se)
-            se = layers.Conv2D(width_in * expand, 1, activation="sigmoid",
-                               name=name + "se_expand")(se)
-            y = layers.Multiply(name=name + "se_excite")([y, se])
-            y = layers.Conv2D(filters_out, 1, name=name + "project_conv")(y)
-            if strides == 1 and width_in == filters_out:
-                y = layers.Add(name=name + "add")([y, x])
-            x = y
-    x = layers.Conv2D(1280, 1, activation="swish", name="top_conv")(x)
-    vector = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    model = tf.keras.Model(inputs, vector)
-    feature_map = model.get_layer(location_layer).output
-    return tf.keras.Model(inputs, [feature_map, vector], name="handwritten_efficientnet_b0")
-
-
-def fold_weights(handwritten, keras_backbone) -> None:
-    """Copies a Keras EN-B0 backbone (ours) into the hand-written one: each
-    convolution's kernel times its batch norm's scale / sqrt(variance + eps),
-    bias = offset - mean * that factor; the input layers become one affine."""
-    import numpy as np
-    import tensorflow as tf
-    source = {layer.name: layer for layer in _flat_layers(keras_backbone)}
-    for layer in handwritten.layers:
-        if layer.name == "input_affine":
-            # Rescaling and normalization are affine per channel: read them off.
-            stem = source["stem_conv"]
-            prefix = tf.keras.Model(keras_backbone.inputs, stem.input)
-            shape = [1, *keras_backbone.input_shape[1:]]
-            zero, one = (prefix(tf.fill(shape, v))[0, 0, 0].numpy() for v in (0.0, 1.0))
-            layer.set_weights([(one - zero).reshape(1, 1, 3, 1), zero])
-            continue
-        if not layer.weights:
-            continue
-        conv = source[layer.name]
-        weights = conv.get_weights()
-        if layer.name.endswith("se_reduce") or layer.name.endswith("se_expand"):
-            layer.set_weights(weights)
-            continue
-        norm = source[_batch_norm_of(layer.name)]
-        gamma, beta, mean, variance = norm.get_weights()
-        factor = gamma / np.sqrt(variance + norm.epsilon)
-        kernel = weights[0]
-        if isinstance(layer, tf.keras.layers.DepthwiseConv2D):
-            kernel = kernel * factor.reshape(1, 1, -1, 1)
-        else:
-            kernel = kernel * factor
-        layer.set_weights([kernel, beta - mean * factor])
-
-
-def _batch_norm_of(conv: str) -> str:
-    # stem_conv -> stem_bn, blockNx_dwconv -> blockNx_bn, blockNx_expand_conv -> blockNx_expand_bn
-    return conv.replace("dwconv", "bn") if conv.endswith("dwconv") else conv.replace("conv", "bn")
-
-
-def _flat_layers(model):
-    for layer in model.layers:
-        if hasattr(layer, "layers"):
-            yield from _flat_layers(layer)
-        else:
-            yield layer
-
-
-# ----------------------------------------------------------------------------
 # Timing and memory
 
 
@@ -274,15 +183,24 @@ def memory_row(row: Row, batch: int, smoke: bool) -> Dict[str, float]:
 
 
 def measure_memory_in_subprocess(row: Row, batch: int, smoke: bool) -> Dict[str, float]:
-    """`memory_row` in a fresh Python process (peak RSS only grows)."""
+    """`memory_row` in a fresh Python process (peak RSS only grows). A row
+    the kernel kills for memory gets peak_bytes None and "killed"."""
     command = [sys.executable, "-m", "experiments.benchmark", f"--memory_row={row.spec()}",
                f"--memory_batch_size={batch}"] + (["--smoke"] if smoke else [])
     result = subprocess.run(command, capture_output=True, text=True)
     for line in result.stdout.splitlines():
         if line.startswith(MEMORY_PREFIX):
             return json.loads(line[len(MEMORY_PREFIX):])
+    if result.returncode == -9:      # SIGKILL: the kernel's out-of-memory killer
+        return {"peak_bytes": None, "method": "killed", "idle_bytes": None, "batch": batch,
+                "killed": f"out of memory (the machine has {machine_memory() / 1e9:.1f} GB)"}
     raise RuntimeError(f"memory row {row.name} failed (exit {result.returncode}):\n"
                        f"{result.stderr[-3000:]}")
+
+
+def machine_memory() -> int:
+    """Physical memory in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 # ----------------------------------------------------------------------------
@@ -312,41 +230,65 @@ def compare_inference(results: Results, batch: int, rounds: int, warmup: int, sm
     for group in groups:
         tnet_row = group[0]
         glimpses = 1 + budget.total_locations(tnet_row.locations)
-        calls, per_image = {}, {}
+        calls = {}       # every row in ms per TNet image: seconds per call / B
         tnet_model, kwargs, size = build(tnet_row, smoke)
         calls[tnet_row.name] = (inference(tnet_model, **kwargs), random_images(batch, size))
-        per_image[tnet_row.name] = batch
         backbone_name = f"backbone {tnet_row.preset} on {glimpses}B images"
         base = tnet_model.config.base_resolution
         calls[backbone_name] = (inference(tnet_model.backbone),
                                 random_images(batch * glimpses, base))
-        per_image[backbone_name] = batch    # per TNet image
+        levels_name = f"backbone {tnet_row.preset} by level {level_batches(tnet_row.locations)}B"
+        calls[levels_name] = by_level(tnet_model.backbone, batch, tnet_row.locations, base)
         for row in group[1:]:
             model, _, size = build(row, smoke)
             calls[row.name] = (inference(model), random_images(batch, size))
-            per_image[row.name] = batch
         progress(f"timing {', '.join(calls)}")
         seconds = median_times(calls, rounds, warmup)
         for name, value in seconds.items():
-            results.ms[name] = value * 1e3 / per_image[name]
+            results.ms[name] = value * 1e3 / batch
         key = {"fmow": f"fmow_{tnet_row.size}_" + "_".join(map(str, tnet_row.locations)),
                "imagenet": "imagenet_3"}[tnet_row.preset]
         results.ratios[f"overhead_{key}"] = seconds[tnet_row.name] / seconds[backbone_name]
+        # The overhead's two parts: one backbone call per level instead of one
+        # batch, and everything that is not the backbone.
+        results.ratios[f"by_level_vs_one_batch_{key}"] = (seconds[levels_name]
+                                                          / seconds[backbone_name])
+        results.ratios[f"tnet_vs_by_level_{key}"] = seconds[tnet_row.name] / seconds[levels_name]
         if len(group) > 1:
             results.ratios[f"speedup_vs_effnet_{tnet_row.size}"] = (
                 seconds[group[1].name] / seconds[tnet_row.name])
+
+
+def level_batches(locations: Sequence[int]) -> List[int]:
+    """Glimpses per image at each level of a budget: (2, 1) -> [1, 2, 2]."""
+    counts = [1]
+    for k in locations:
+        if k == 0:
+            break
+        counts.append(counts[-1] * k)
+    return counts
+
+
+def by_level(backbone, batch: int, locations: Sequence[int], base: int):
+    """(fn, images) running `backbone` as TNet does: one call per level, on
+    B x (glimpses per image at that level) images, in one `tf.function`."""
+    import tensorflow as tf
+    images = [random_images(batch * count, base, seed=level)
+              for level, count in enumerate(level_batches(locations))]
+    return tf.function(lambda batches: [backbone(x, training=False) for x in batches]), images
 
 
 def compare_backbones(results: Results, batch: int, rounds: int, warmup: int, smoke: bool):
     """Our EN-B0 against the hand-written one and keras.applications' own."""
     import numpy as np
     import tensorflow as tf
+    from experiments import handwritten_efficientnet
     from tnet_tf.backbones import build_backbone
     size = px(224, smoke)
     config = model_config("fmow", False)
     ours = build_backbone(config.backbone, size)
-    handwritten = handwritten_efficientnet_b0(size)
-    fold_weights(handwritten, ours)
+    handwritten = handwritten_efficientnet.handwritten_efficientnet_b0(size)
+    handwritten_efficientnet.fold_weights(handwritten, ours)
     images = random_images(batch, size)
     difference = max(float(np.max(np.abs(a - b)) / max(1e-6, np.max(np.abs(a))))
                      for a, b in zip(ours(images, training=False),
@@ -354,15 +296,22 @@ def compare_backbones(results: Results, batch: int, rounds: int, warmup: int, sm
     results.notes["handwritten_max_relative_difference"] = f"{difference:.2e}"
     keras_model = tf.keras.applications.EfficientNetB0(
         include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")
+    larger = random_images(4 * batch, size)
     calls = {"our EN-B0": (inference(ours), images),
              "hand-written EN-B0": (inference(handwritten), images),
-             "keras.applications EN-B0": (inference(keras_model), images)}
+             "keras.applications EN-B0": (inference(keras_model), images),
+             "our EN-B0, 4B": (inference(ours), larger),
+             "hand-written EN-B0, 4B": (inference(handwritten), larger)}
     progress(f"timing {', '.join(calls)} at {size} px")
     seconds = median_times(calls, rounds, warmup)
     for name, value in seconds.items():
-        results.ms[f"{name} {size}"] = value * 1e3 / batch
+        results.ms[f"{name} {size}"] = value * 1e3 / (4 * batch if "4B" in name else batch)
     results.ratios["backbone_vs_handwritten"] = (seconds["our EN-B0"]
                                                  / seconds["hand-written EN-B0"])
+    # A gap that shrinks at 4B is a cost per call (folding the batch norms into
+    # the kernels, the input layers), not per image.
+    results.ratios["backbone_vs_handwritten_4B"] = (seconds["our EN-B0, 4B"]
+                                                    / seconds["hand-written EN-B0, 4B"])
     results.ratios["keras_applications_vs_ours"] = (seconds["keras.applications EN-B0"]
                                                     / seconds["our EN-B0"])
     return difference
@@ -395,19 +344,27 @@ def compare_training(results: Results, batch: int, rounds: int, warmup: int, smo
                                               / seconds["baseline train step on 3B at 224"])
 
 
-def compare_scaling(results: Results, batch: int, rounds: int, warmup: int, slow_rounds: int,
-                    smoke: bool, memory: bool) -> List[dict]:
-    """5 glimpses at 448..3584 px, and EN-B0 at the same sizes."""
+def scaling_rows() -> List[Row]:
+    """TNet with 5 glimpses at 448..3584 px, then EN-B0 at the same sizes."""
     from tnet_tf import budget
     rows = []
     for size, locations in SCALING_BUDGETS:
         assert budget.total_locations(locations) == 4
         rows.append(Row("tnet", "fmow", size, locations))
-    rows += [Row("baseline", "fmow", size) for size, _ in SCALING_BUDGETS]
+    return rows + [Row("baseline", "fmow", size) for size, _ in SCALING_BUDGETS]
+
+
+def compare_scaling(results: Results, batch: int, rounds: int, warmup: int, slow_rounds: int,
+                    smoke: bool, memory: Dict[str, dict]) -> List[dict]:
+    """Times the scaling rows; `memory` holds their memory rows by name."""
+    rows = scaling_rows()
     calls = {}
     for row in rows:
         model, kwargs, size = build(row, smoke)
         calls[row.name] = (inference(model, **kwargs), random_images(batch, size))
+        if row in (rows[0], rows[3]):    # the backbone as TNet runs it at 448 and 3584
+            calls[f"backbone by level {row.locations}"] = by_level(
+                model.backbone, batch, row.locations, model.config.base_resolution)
     slow = [row.name for row in rows if row.kind == "baseline" and row.size in SLOW_SIZES]
     progress(f"timing {len(rows)} scaling rows at batch {batch}")
     seconds = median_times(calls, rounds, warmup, slow, slow_rounds)
@@ -416,21 +373,45 @@ def compare_scaling(results: Results, batch: int, rounds: int, warmup: int, slow
         entry = {"model": row.kind, "size": row.size, "locations": row.locations,
                  "ms_per_image": seconds[row.name] * 1e3 / batch}
         results.ms[f"scaling {row.name}"] = entry["ms_per_image"]
-        if memory:
-            progress(f"memory of {row.name} at batch {batch} (fresh process)")
-            entry["memory"] = measure_memory_in_subprocess(row, batch, smoke)
+        if row.name in memory:
+            entry["memory"] = memory[row.name]
         table.append(entry)
     results.ratios["cost_3584_vs_448"] = seconds[rows[3].name] / seconds[rows[0].name]
+    # The part of it that is the backbone alone, run level by level (5 levels against 2).
+    results.ratios["backbone_by_level_3584_vs_448"] = (
+        seconds[f"backbone by level {rows[3].locations}"]
+        / seconds[f"backbone by level {rows[0].locations}"])
+    for name in calls:
+        if name.startswith("backbone by level"):
+            results.ms[f"scaling {name}"] = seconds[name] * 1e3 / batch
     return table
 
 
-def compare_memory(results: Results, batch: int, smoke: bool) -> None:
-    tnet_row, baseline_row = Row("tnet", "fmow", 896, (2, 1)), Row("baseline", "fmow", 896)
-    for row in (tnet_row, baseline_row):
+def measure_memory(rows: Sequence[Row], batch: int, smoke: bool) -> Dict[str, dict]:
+    """The memory rows, each in a fresh process; run before this process
+    builds any model, so that they have the machine to themselves."""
+    measured = {}
+    for row in rows:
         progress(f"memory of {row.name} at batch {batch} (fresh process)")
-        results.memory[row.name] = measure_memory_in_subprocess(row, batch, smoke)
-    results.ratios["memory_vs_effnet_896"] = (results.memory[tnet_row.name]["peak_bytes"]
-                                              / results.memory[baseline_row.name]["peak_bytes"])
+        measured[row.name] = measure_memory_in_subprocess(row, batch, smoke)
+    return measured
+
+
+def compare_memory(results: Results, batch: int, smoke: bool) -> None:
+    """TNet 896 [2, 1] against EN-B0 at 896. If EN-B0 is killed for memory,
+    the ratio is an upper bound: TNet's peak over the machine's memory."""
+    tnet_row, baseline_row = Row("tnet", "fmow", 896, (2, 1)), Row("baseline", "fmow", 896)
+    results.memory.update(measure_memory([tnet_row, baseline_row], batch, smoke))
+    tnet, baseline = results.memory[tnet_row.name], results.memory[baseline_row.name]
+    if tnet["peak_bytes"] is None:
+        raise RuntimeError(f"{tnet_row.name} at batch {batch}: {tnet['killed']}")
+    if baseline["peak_bytes"] is None:
+        results.ratios["memory_vs_effnet_896"] = tnet["peak_bytes"] / machine_memory()
+        results.notes["memory_vs_effnet_896"] = (
+            f"an upper bound: EN-B0 at 896 px, batch {batch}, was killed, "
+            f"{baseline['killed']}; TNet's peak is divided by the machine's memory")
+        return
+    results.ratios["memory_vs_effnet_896"] = tnet["peak_bytes"] / baseline["peak_bytes"]
 
 
 def compare_options(results: Results, batch: int, rounds: int, warmup: int, smoke: bool):
@@ -500,6 +481,9 @@ def report(results: Results, scaling: List[dict], settings: dict) -> str:
         entries += [(f"scaling {e['model']} {e['size']}", e["memory"]) for e in scaling
                     if "memory" in e]
         for name, m in entries:
+            if m["peak_bytes"] is None:
+                lines.append(f"| {name} | {m['batch']} | killed: {m['killed']} | - | - |")
+                continue
             lines.append(f"| {name} | {m['batch']} | {m['peak_bytes'] / 1e9:.2f} | "
                          f"{m['idle_bytes'] / 1e9:.2f} | {m['method']} |")
     if results.notes:
@@ -522,7 +506,9 @@ def scaling_plot(scaling: List[dict], path: str) -> str:
         sizes = [e["size"] for e in entries]
         axes[0, 0].plot(sizes, [e["ms_per_image"] for e in entries], marker=marker, label=label)
         if with_memory:
-            axes[0, 1].plot(sizes, [e["memory"]["peak_bytes"] / 1e9 for e in entries],
+            measured = [e for e in entries if e["memory"]["peak_bytes"] is not None]
+            axes[0, 1].plot([e["size"] for e in measured],
+                            [e["memory"]["peak_bytes"] / 1e9 for e in measured],
                             marker=marker, label=label)
     titles = ("inference time", "peak memory (fresh process)")
     units = ("ms / image", "GB")
@@ -560,15 +546,17 @@ def main(argv):
     started = time.time()
     smoke, batch, rounds, warmup = FLAGS.smoke, FLAGS.batch_size, FLAGS.rounds, FLAGS.warmup_rounds
     results = Results()
+    scaling_memory = {}
+    if FLAGS.memory:    # first, while this process holds no model
+        compare_memory(results, FLAGS.memory_batch_size, smoke)
+        scaling_memory = measure_memory(scaling_rows(), FLAGS.scaling_batch_size, smoke)
     compare_inference(results, batch, rounds, warmup, smoke)
     compare_backbones(results, batch, rounds, warmup, smoke)
     compare_training(results, batch, rounds, warmup, smoke)
     if FLAGS.options:
         compare_options(results, batch, rounds, warmup, smoke)
     scaling = compare_scaling(results, FLAGS.scaling_batch_size, rounds, warmup,
-                              FLAGS.slow_rounds, smoke, FLAGS.memory)
-    if FLAGS.memory:
-        compare_memory(results, FLAGS.memory_batch_size, smoke)
+                              FLAGS.slow_rounds, smoke, scaling_memory)
     devices = [d.name for d in tf.config.list_logical_devices() if d.device_type != "CPU"]
     settings = {"batch_size": batch, "rounds": rounds, "warmup_rounds": warmup,
                 "slow_rounds": FLAGS.slow_rounds, "scaling_batch_size": FLAGS.scaling_batch_size,

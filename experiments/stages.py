@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 import tensorflow as tf
 
 import tnet_tf
-from experiments import run_config
+from experiments import class_names, run_config
 from experiments.recipes import Recipe
 from experiments.run_config import FlagError, RunConfig
 from tnet_tf import budget as budget_lib, checkpoints, evaluation, plots, profiling, tables, training
@@ -38,6 +38,7 @@ def run(config: RunConfig):
     run_config.save(config)
     tf.keras.utils.set_random_seed(config.seed)
     if config.is_training:
+        class_names.save(config)
         return train(config, strategy)
     return STAGES[config.stage](config)
 
@@ -287,10 +288,22 @@ def trained_input_sizes(model_dir: str, tnet_stages) -> List[int]:
 def restore(config: RunConfig, stage: Optional[str] = None):
     """The trained model of `stage` (default: the checkpoint stage), rebuilt
     from its saved config with its final weights, its recipe and its config."""
-    stage = stage or config.checkpoint_stage
-    recipe, model_config = run_config.saved_run(config.stage_dir(stage))
+    return restore_stage(config.stage_dir(stage or config.checkpoint_stage))
+
+
+def restore_stage(folder: str):
+    """(model, recipe, model config) of the trained stage in `folder` (its
+    run.json and final weights); FlagError naming --model_dir otherwise."""
+    weights = os.path.join(folder, "final", "weights")
+    if not os.path.exists(os.path.join(folder, "run.json")):
+        raise FlagError("model_dir", f"{folder} holds no run.json: not a stage folder "
+                        f"(RUN/STAGE, e.g. runs/fmow/finetune_896)")
+    if not tf.io.gfile.glob(weights + ".index"):
+        raise FlagError("model_dir", f"{folder} has no final weights ({weights}); is the "
+                        f"stage trained?")
+    recipe, model_config = run_config.saved_run(folder)
     model = build_model(recipe, model_config)
-    model.load_weights(os.path.join(config.final_checkpoint(stage), "weights")).expect_partial()
+    model.load_weights(weights).expect_partial()
     return model, recipe, model_config
 
 

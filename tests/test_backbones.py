@@ -125,6 +125,10 @@ def test_efficientnet_with_same_padding_computes_what_keras_applications_does(si
                if isinstance(layer, (tf.keras.layers.Conv2D, tf.keras.layers.DepthwiseConv2D))
                and layer.strides == (2, 2)]
     assert not padded and len(strided) == 5 and all(l.padding == "same" for l in strided)
+    # The input rescalings and normalization are one affine.
+    assert not [l for l in model.layers if isinstance(l, tf.keras.layers.Rescaling)]
+    assert [type(l) for l in model.layers if isinstance(l, tf.keras.layers.Normalization)] == \
+        [backbones.InputAffineNormalization]
     folded = [l for l in model.layers if isinstance(l, backbones.FoldedBatchNormalization)]
     assert len(folded) == 49 and all(l.folded_by.norm is l for l in folded)
     images = tf.random.uniform([2, size, size, 3], -1.0, 1.0, seed=1)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from experiments import benchmark
+from experiments import benchmark, handwritten_efficientnet
 from tnet_tf import backbones
 
 
@@ -21,8 +21,8 @@ def test_handwritten_efficientnet_b0_equals_ours_with_folded_weights():
             gamma, beta, mean, variance = layer.get_weights()
             layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.1, beta.shape),
                                rng.normal(0, 0.1, mean.shape), rng.uniform(0.5, 2, variance.shape)])
-    handwritten = benchmark.handwritten_efficientnet_b0(64)
-    benchmark.fold_weights(handwritten, ours)
+    handwritten = handwritten_efficientnet.handwritten_efficientnet_b0(64)
+    handwritten_efficientnet.fold_weights(handwritten, ours)
     assert not any(isinstance(layer, (tf.keras.layers.BatchNormalization,
                                       tf.keras.layers.ZeroPadding2D))
                    for layer in handwritten.layers)

@@ -71,6 +71,15 @@ def reachable_levels(image_size: int, base_resolution: int, cell_fraction: float
     return levels
 
 
+def fit(budget: Sequence[int], levels: int) -> Budget:
+    """The budget cut to `levels` levels (level 1 and `levels - 1` levels that
+    attend cells): (2, 1) at 2 levels is (2,), at 1 level (0,)."""
+    budget = tuple(int(k) for k in budget)
+    if levels_needed(budget) <= levels:
+        return budget
+    return budget[:max(0, levels - 1)] or (0,)
+
+
 def smallest_size(levels: int, base_resolution: int, cell_fraction: float) -> float:
     """Images must be larger than this many px to reach `levels` levels."""
     return base_resolution / cell_fraction ** (levels - 2)

@@ -92,3 +92,13 @@ def test_worker_processes_write_the_same_shards(tmp_path):
 def test_bad_shard_count_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="shards"):
         digits.write_split(str(tmp_path), "train", 2, 5, seed=0)
+
+
+def test_samples_are_the_test_canvases_as_png_files(sources, tmp_path):
+    images, labels = sources
+    paths = digits.write_samples(str(tmp_path), 3)
+    assert len(paths) == 3
+    for index, path in enumerate(paths):
+        expected, label, _ = digits.canvas_example("test", index, 0, images, labels)
+        assert os.path.basename(path) == f"test_{index:06d}_digit{label}.png"
+        np.testing.assert_array_equal(tf.io.decode_png(tf.io.read_file(path)).numpy(), expected)
