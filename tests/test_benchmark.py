@@ -57,6 +57,13 @@ def test_targets_report_what_is_met_and_the_margin_of_what_is_missed():
     assert "MISSED by 20.0 %" in lines[2]      # 0.42 / 0.35 - 1
 
 
+def test_level_batches_count_glimpses_per_image_at_each_level():
+    assert benchmark.level_batches((2, 1)) == [1, 2, 2]
+    assert benchmark.level_batches((1, 1, 1, 1)) == [1, 1, 1, 1, 1]
+    assert benchmark.level_batches((4,)) == [1, 4]
+    assert benchmark.level_batches((0,)) == [1]
+
+
 def test_rows_round_trip_through_their_spec():
     for row in (benchmark.Row("tnet", "fmow", 896, (2, 1)), benchmark.Row("baseline", "fmow", 448)):
         assert benchmark.Row.from_spec(row.spec()) == row
@@ -74,8 +81,11 @@ def test_a_smoke_run_writes_every_ratio_the_table_and_the_plot(tmp_path):
     for key, *_ in benchmark.TARGETS:
         assert payload["ratios"][key] > 0, key
         assert f"| {key} |" in result.stdout
-    for key in ("xla_vs_default", "mixed_vs_float32", "keras_applications_vs_ours"):
-        assert payload["ratios"][key] > 0
+    breakdown = ["backbone_by_level_3584_vs_448", "backbone_vs_handwritten_4B"] + [
+        f"{part}_{key}" for part in ("by_level_vs_one_batch", "tnet_vs_by_level")
+        for key in ("fmow_448_2", "fmow_896_2_1", "imagenet_3")]
+    for key in ["xla_vs_default", "mixed_vs_float32", "keras_applications_vs_ours", *breakdown]:
+        assert payload["ratios"][key] > 0, key
     # The hand-written network computes what ours does; XLA agrees with the default.
     assert float(payload["notes"]["handwritten_max_relative_difference"]) < 1e-4
     assert float(payload["notes"]["xla_vs_default_logit_difference"]) < 1e-4
