@@ -17,7 +17,7 @@ pixels of the file, and of the model input, than the base resolution.
 Writes <output_dir>/predictions.jsonl, one line per file:
   {"file", "width", "height", "locations" (the budget used),
    "requested_locations", "note" (why the budget was cut, if it was),
-   "top": [{"class", "name", "probability"}, ... 5],
+   "top": [{"class", "name", "probability"}, ... --top_k of them, default 5],
    "levels": [{"level": 1, "boxes": [[left, top, right, bottom]] in pixels of
                the file, "probabilities": [1.0]}, {"level": 2, ...}, ...]}
 or {"file", "error"} for a file that cannot be read (reported on stderr and
@@ -48,6 +48,8 @@ def define_flags() -> None:
     flags.DEFINE_string("locations", None, "Budget, e.g. '2' or '2,1'; default: the stage's.")
     flags.DEFINE_integer("input_size", None, "Model input size in px; default: the stage's.")
     flags.DEFINE_string("output_dir", None, "Where predictions.jsonl (and figures/) go.")
+    flags.DEFINE_integer("top_k", 5, "Classes listed per file (all of them: the number of "
+                         "classes).")
     flags.DEFINE_bool("figures", False, "Also draw the attended boxes on each image.")
     flags.DEFINE_bool("strict", False, "Exit with 1 when a file could not be read.")
 
@@ -76,7 +78,7 @@ class Predictor:
     """A trained stage, ready to classify files one by one."""
 
     def __init__(self, model_dir: str, locations: Optional[Sequence[int]] = None,
-                 input_size: Optional[int] = None):
+                 input_size: Optional[int] = None, top_k: int = 5):
         from experiments import class_names, stages
         from tnet_tf import budget
         self.model, recipe, self.config = stages.restore_stage(model_dir)
@@ -93,6 +95,9 @@ class Predictor:
                 locations if locations is not None else recipe.locations, self.config.grid_size)
         except ValueError as error:
             raise FlagError("locations", str(error)) from None
+        if top_k < 1:
+            raise FlagError("top_k", f"{top_k} must be >= 1")
+        self.top_k = min(top_k, self.config.num_classes)
         self._functions = {}
 
     def fit_budget(self, width: int, height: int) -> Tuple[Tuple[int, ...], Optional[str]]:
@@ -124,7 +129,7 @@ class Predictor:
         outputs = self._functions[locations](pixels)
         levels = budget.levels_needed(locations)
         result = {key: value.numpy()[0] for key, value in
-                  serving.predictions(outputs, levels).items()}
+                  serving.predictions(outputs, levels, self.top_k).items()}
         record = {
             "width": width, "height": height, "locations": list(locations),
             "requested_locations": list(self.locations), "note": note,
@@ -210,7 +215,7 @@ def main(argv):
             except ValueError as error:
                 raise FlagError("locations", str(error)) from None
         files = list_images(FLAGS.images)
-        predictor = Predictor(FLAGS.model_dir, locations, FLAGS.input_size)
+        predictor = Predictor(FLAGS.model_dir, locations, FLAGS.input_size, FLAGS.top_k)
     except (FlagError, ValueError) as error:
         sys.exit(f"error: {error}")
     print(f"{len(files)} file(s), locations {list(predictor.locations)} at "

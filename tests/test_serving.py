@@ -80,7 +80,7 @@ def test_predict_classifies_every_readable_file_and_reports_the_rest(stage_dir, 
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
     result = subprocess.run(
         [sys.executable, "-m", "experiments.predict", f"--model_dir={stage_dir}",
-         f"--images={image_dir}", f"--output_dir={out}", "--figures"],
+         f"--images={image_dir}", f"--output_dir={out}", "--figures", "--top_k=10"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "skipped" in result.stdout and "g_truncated.jpg" in result.stdout
@@ -109,11 +109,14 @@ def test_predict_classifies_every_readable_file_and_reports_the_rest(stage_dir, 
         logits = outputs["logits"].numpy()[0].astype(np.float64)
         probabilities = np.exp(logits - logits.max())
         probabilities /= probabilities.sum()
-        order = np.argsort(-probabilities)[:5]
-        assert [t["class"] for t in line["top"]] == order.tolist()
-        assert [t["name"] for t in line["top"]] == [str(k) for k in order]   # the digits
-        np.testing.assert_allclose([t["probability"] for t in line["top"]],
-                                   probabilities[order], atol=1e-5)
+        # --top_k=10: every class, most probable first, named, summing to 1.
+        listed = [t["probability"] for t in line["top"]]
+        assert listed == sorted(listed, reverse=True)
+        assert sum(listed) == pytest.approx(1.0, abs=1e-5)
+        assert sorted(t["class"] for t in line["top"]) == list(range(10))
+        assert all(t["name"] == str(t["class"]) for t in line["top"])    # the digits
+        by_class = {t["class"]: t["probability"] for t in line["top"]}
+        np.testing.assert_allclose([by_class[k] for k in range(10)], probabilities, atol=1e-5)
         assert len(line["levels"]) == budget.levels_needed(expected)
         assert line["levels"][0]["boxes"] == [[0.0, 0.0, width, height]]
         assert line["levels"][0]["probabilities"] == [1.0]
