@@ -179,6 +179,13 @@ for signature, images in (("serving_images", tf.constant(data["pixels"])),
         out = function(images=images, locations=tf.constant(locations, tf.int32))
         for name, value in out.items():
             results[f"{signature}/{key}/{name}"] = value.numpy()
+# The functions that take the budget or not.
+for name, images in (("classify_images", tf.constant(data["pixels"])),
+                     ("classify", tf.constant(list(data["encoded"])))):
+    for key, args in (("2_1", (tf.constant([2, 1], tf.int32),)), ("default", ())):
+        out = getattr(served, name)(images, *args)
+        results[f"{name}/{key}/logits"] = out["logits"].numpy()
+        results[f"{name}/{key}/boxes_level_3"] = out["boxes_level_3"].numpy()
 try:
     served.signatures["serving_images"](images=tf.constant(data["pixels"]),
                                         locations=tf.constant([3], tf.int32))
@@ -236,3 +243,9 @@ def test_exported_savedmodel_serves_what_the_keras_model_computes(stage_dir, tmp
                 level2, np.exp(outputs["location_log_probs"].numpy()[:, :2]), rtol=1e-5)
         np.testing.assert_array_equal(served[f"serving_default/{key}/image_sizes"],
                                       [[128, 128], [200, 90]])
+        if key != "2":
+            for name in ("classify_images", "classify"):
+                np.testing.assert_allclose(served[f"{name}/{key}/logits"],
+                                           outputs["logits"].numpy(), atol=1e-5)
+                np.testing.assert_allclose(served[f"{name}/{key}/boxes_level_3"],
+                                           outputs["boxes"][2].numpy(), atol=1e-6)

@@ -12,13 +12,15 @@ signatures both use it. `export(...)` writes a SavedModel that loads with
     out = served.signatures["serving_default"](images=jpeg_bytes, locations=tf.constant([2, 1]))
     out["logits"], out["top_class_names"], out["boxes_level_2"], out["location_probs_level_2"]
 
-Signatures:
+Signatures (all inputs required, as serving stacks read them):
   serving_default(images: tf.string [B] encoded JPEG/PNG/GIF/BMP,
                   locations: int32 [L]) -> predictions + "image_sizes" [B, 2]
   serving_images(images: float32 [B, S, S, 3] in [-1, 1] at the input size,
                  locations: int32 [L]) -> predictions
 `locations` is one of the exported budgets (e.g. [2, 1]); an empty tensor
-([]) asks for the model's default budget. A batch runs one budget, so
+([]) asks for the model's default budget. The loaded object's functions
+`classify(images[, locations])` (encoded bytes) and `classify_images(images[,
+locations])` return the same with `locations` optional. A batch runs one budget, so
 unlike `experiments.predict` the signatures do not cut it for small files. Predictions: "logits",
 "probabilities" [B, C], "top_classes" / "top_probabilities" /
 "top_class_names" [B, k], and for every level l up to the deepest exported
@@ -121,12 +123,16 @@ class ServedTNet(tf.Module):
         self.weights = list(model.variables)
         self._plan = _Plan(model, budgets, default, class_names, input_size)
         size = self._plan.input_size
-        self.serving_images = tf.function(self._classify_images, input_signature=[
-            tf.TensorSpec([None, size, size, 3], tf.float32, name="images"),
-            tf.TensorSpec([None], tf.int32, name="locations")])
-        self.serving_default = tf.function(self._classify_bytes, input_signature=[
-            tf.TensorSpec([None], tf.string, name="images"),
-            tf.TensorSpec([None], tf.int32, name="locations")])
+        pixels = tf.TensorSpec([None, size, size, 3], tf.float32, name="images")
+        encoded = tf.TensorSpec([None], tf.string, name="images")
+        locations = tf.TensorSpec([None], tf.int32, name="locations")
+        self.serving_images = tf.function(self._classify_images,
+                                          input_signature=[pixels, locations])
+        self.serving_default = tf.function(self._classify_bytes,
+                                           input_signature=[encoded, locations])
+        # Signature inputs are all required; these take `locations` or not.
+        self.classify = _with_optional_budget(self._classify_bytes, encoded, locations)
+        self.classify_images = _with_optional_budget(self._classify_images, pixels, locations)
 
     def _budget_index(self, locations):
         plan = self._plan
@@ -166,6 +172,16 @@ class ServedTNet(tf.Module):
         result = self._classify_images(pixels, locations)
         result["image_sizes"] = sizes
         return result
+
+
+def _with_optional_budget(function, images, locations) -> tf.types.experimental.Function:
+    """`function(images, locations)` as a tf.function traced with and without
+    `locations` (then the default budget), so that both calls survive saving."""
+    wrapped = tf.function(lambda images, locations=None: function(
+        images, tf.zeros([0], tf.int32) if locations is None else locations))
+    wrapped.get_concrete_function(images)
+    wrapped.get_concrete_function(images, locations)
+    return wrapped
 
 
 def export(model, path: str, budgets: Sequence[Sequence[int]], default: Sequence[int],
