@@ -37,10 +37,7 @@ def export_stage(model_dir: str, export_dir: str, budgets=None, input_size=None)
     import tensorflow as tf
     from experiments import class_names, stages
     from tnet_tf import budget as budget_lib, serving
-    model, recipe, config = stages.restore_stage(model_dir)
-    if recipe.model != "tnet":
-        raise FlagError("model_dir", f"{model_dir} is a {recipe.model} stage; export serves "
-                        f"TNet stages")
+    model, recipe, config = stages.restore_stage(model_dir, model="tnet")
     size = int(input_size or recipe.input_size)
     reach = budget_lib.reachable_levels(size, config.base_resolution, config.cell_fraction)
     default = budget_lib.fit(recipe.locations, reach)

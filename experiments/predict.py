@@ -81,10 +81,7 @@ class Predictor:
                  input_size: Optional[int] = None, top_k: int = 5):
         from experiments import class_names, stages
         from tnet_tf import budget
-        self.model, recipe, self.config = stages.restore_stage(model_dir)
-        if recipe.model != "tnet":
-            raise FlagError("model_dir", f"{model_dir} is a {recipe.model} stage; predict "
-                            f"serves TNet stages")
+        self.model, recipe, self.config = stages.restore_stage(model_dir, model="tnet")
         self.class_names = class_names.load(model_dir, self.config.num_classes)
         self.input_size = int(input_size or recipe.input_size)
         if self.input_size < self.config.base_resolution:

@@ -291,9 +291,10 @@ def restore(config: RunConfig, stage: Optional[str] = None):
     return restore_stage(config.stage_dir(stage or config.checkpoint_stage))
 
 
-def restore_stage(folder: str):
+def restore_stage(folder: str, model: Optional[str] = None):
     """(model, recipe, model config) of the trained stage in `folder` (its
-    run.json and final weights); FlagError naming --model_dir otherwise."""
+    run.json and final weights); FlagError naming --model_dir otherwise, or
+    when `model` ("tnet" or "baseline") names another kind of stage."""
     weights = os.path.join(folder, "final", "weights")
     if not os.path.exists(os.path.join(folder, "run.json")):
         raise FlagError("model_dir", f"{folder} holds no run.json: not a stage folder "
@@ -302,9 +303,12 @@ def restore_stage(folder: str):
         raise FlagError("model_dir", f"{folder} has no final weights ({weights}); is the "
                         f"stage trained?")
     recipe, model_config = run_config.saved_run(folder)
-    model = build_model(recipe, model_config)
-    model.load_weights(weights).expect_partial()
-    return model, recipe, model_config
+    if model is not None and recipe.model != model:
+        raise FlagError("model_dir", f"{folder} is a {recipe.model} stage; a {model} stage "
+                        f"is needed")
+    restored = build_model(recipe, model_config)
+    restored.load_weights(weights).expect_partial()
+    return restored, recipe, model_config
 
 
 def evaluation_plan(config: RunConfig, model_config,
