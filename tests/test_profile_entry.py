@@ -37,7 +37,7 @@ class _StandIn(tf.keras.Model):
         return {"logits": self.dense(self.pool(self.conv(tiled)))}
 
 
-def _stand_in_build_model(preset, run):
+def _stand_in_build_model(preset, run, **overrides):
     if run.locations is None:
         return _StandIn(), {}
     return _StandIn(), {"locations": list(run.locations)}
@@ -128,3 +128,34 @@ def test_fmow_tnet_rows_match_table_2(tmp_path):
     assert rows[0]["flops"] == pytest.approx(0.77e9, rel=0.02)  # Table 2
     assert rows[1]["flops"] == pytest.approx(1.16e9, rel=0.02)
     assert rows[0]["params"] == rows[1]["params"] == pytest.approx(4.56e6, rel=0.005)
+
+
+def test_mgnet_and_resnet50_baseline_match_the_mgnet_paper(tmp_path):
+    """MGNet paper, Table 1 (ImageNet-100): MGNet-ResNet-50 with 4 glimpses of
+    96 px from 224 px, 3.172 GFLOPs; the ResNet-50 FF-Net at 224, 4.104."""
+    path = tmp_path / "rows.json"
+    _run_main(["--model=mgnet", "--backbone=resnet50", "--num_classes=100", "--input_size=224",
+               "--glimpses=1,4", "--glimpse_size=96", "--measure=params,flops",
+               f"--json={path}"])
+    one, four = json.loads(path.read_text())
+    assert (one["model"], one["glimpses"], four["glimpses"]) == ("mgnet", 1, 4)
+    assert four["flops"] == pytest.approx(3.172e9, rel=0.03)
+    assert one["params"] == four["params"]          # early exit: one model
+    _run_main(["--model=baseline", "--backbone=resnet50", "--num_classes=100",
+               "--input_size=224", "--measure=params,flops", f"--json={path}"])
+    (baseline,) = json.loads(path.read_text())
+    assert baseline["flops"] == pytest.approx(4.104e9, rel=0.03)
+    assert baseline["params"] == 23_587_712 + 2048 * 100 + 100   # ResNet-50 + classifier
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--model=mgnet", "--glimpses=0"], "--glimpses"),
+    (["--model=mgnet", "--glimpse_size=512"], "--glimpse_size"),
+    (["--model=mgnet", "--backbone=resnet18"], "--backbone"),
+])
+def test_bad_mgnet_flags_fail_with_one_line(argv, flag, monkeypatch):
+    monkeypatch.setattr(profile, "build_model", lambda *a, **k: pytest.fail("built a model"))
+    with pytest.raises(SystemExit) as exit_info:
+        _run_main(argv)
+    message = str(exit_info.value.code)
+    assert message.startswith(f"error: {flag}:") and "\n" not in message

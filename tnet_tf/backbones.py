@@ -1,4 +1,5 @@
-"""Feature extraction modules: BagNet-77 (Table 4) and EfficientNet-B0..B4.
+"""Feature extraction modules: BagNet-77 (Table 4), EfficientNet-B0..B4 and
+ResNet-50 (MGNet's backbone).
 
 Every backbone is a flat functional `tf.keras.Model` that takes images in
 [-1, 1] and returns `[feature_map, feature_vector]`: the intermediate map
@@ -45,6 +46,8 @@ EFFICIENTNET_LOCATION_LAYER = {
     "efficientnet-b2": "block4d_add", "efficientnet-b3": "block4e_add",
     "efficientnet-b4": "block4f_add",
 }
+# The output of ResNet-50's stage 4 (stride 16), for a TNet on ResNet-50.
+RESNET50_LOCATION_LAYER = "conv4_block6_out"
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
 _KERAS_WEIGHTS_URL = "https://storage.googleapis.com/keras-applications/{name}_notop.h5"
@@ -64,9 +67,53 @@ def build_backbone(config: BackboneConfig, input_size: Optional[int]) -> tf.kera
         return bagnet77(input_size, config.spatial_dropout, config.leaky_relu_alpha,
                         config.location_layer or BAGNET77_LOCATION_LAYER)
     if input_size is None:
-        raise ValueError("EfficientNet backbones need a static input_size")
+        raise ValueError(f"{config.name} needs a static input_size")
+    if config.name == "resnet50":
+        return resnet50(input_size, config.location_layer or RESNET50_LOCATION_LAYER)
     return efficientnet(config.name, input_size, config.stochastic_depth, config.pretrained,
                         config.location_layer or EFFICIENTNET_LOCATION_LAYER[config.name])
+
+
+def resnet50(input_size: int = 224,
+             location_layer: str = RESNET50_LOCATION_LAYER) -> tf.keras.Model:
+    """ResNet-50 v1.5 from `tf.keras.applications.ResNet50`, taking [-1, 1] images.
+
+    Keras' ResNet-50 is v1: the first block of stages 3-5 strides in its
+    first 1x1 convolution. MGNet's paper (and torchvision) use v1.5, which
+    strides in the 3x3 convolution instead: 4.09 GFLOPs at 224 px instead
+    of 3.86 (the paper's FF-Net: 4.104). The copy moves those strides and
+    keeps every layer name and weight shape, so Keras ResNet-50 weight
+    files load (weights trained as v1). The input is mapped from [-1, 1]
+    to Keras' "caffe" convention (BGR, ImageNet mean subtracted) by one
+    per-channel affine.
+    """
+    inputs = layers.Input([input_size, input_size, 3], name="image")
+    caffe = CaffeInput(name="to_caffe_bgr")(inputs)
+    network = tf.keras.applications.ResNet50(include_top=False, weights=None, pooling="avg",
+                                             input_tensor=caffe)
+
+    def clone(layer):
+        config = layer.get_config()
+        stage = layer.name.split("_")[0]
+        if stage in ("conv3", "conv4", "conv5") and "_block1_" in layer.name:
+            if layer.name.endswith("_1_conv"):
+                config["strides"] = (1, 1)
+            elif layer.name.endswith("_2_conv"):
+                config["strides"] = (2, 2)
+        return layer.__class__.from_config(config)
+
+    network = tf.keras.models.clone_model(network, input_tensors=inputs, clone_function=clone)
+    return _with_two_outputs(inputs, network.output, location_layer, "resnet50")
+
+
+class CaffeInput(layers.Layer):
+    """[-1, 1] RGB images to Keras' "caffe" input: BGR in [0, 255] minus the
+    ImageNet channel means (`tf.keras.applications.resnet50.preprocess_input`)."""
+
+    MEAN_BGR = (103.939, 116.779, 123.68)
+
+    def call(self, inputs):
+        return (inputs[..., ::-1] + 1.0) * 127.5 - tf.constant(self.MEAN_BGR, inputs.dtype)
 
 
 def bagnet77(input_size: Optional[int] = 77, spatial_dropout: float = 0.0,

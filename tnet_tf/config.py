@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 
 from tnet_tf import budget
 
-BACKBONES = ("compact", "bagnet77",) + tuple(f"efficientnet-b{i}" for i in range(5))
+BACKBONES = ("compact", "bagnet77",) + tuple(f"efficientnet-b{i}" for i in range(5)) + ("resnet50",)
 COMPACT_NORMS = ("group", "batch")
 LOCATION_MODULES = ("context", "squeeze_excitation")
 POSITIONAL_FUSIONS = ("concat_dense", "add_silu")
@@ -28,8 +28,9 @@ class BackboneConfig:
     """The feature extraction module.
 
     Attributes:
-      name: "bagnet77", "efficientnet-b0" .. "efficientnet-b4", or "compact"
-        (a small CNN for CPU demos and tests).
+      name: "bagnet77", "efficientnet-b0" .. "efficientnet-b4", "resnet50"
+        (ResNet-50 v1.5, MGNet's backbone) or "compact" (a small CNN for CPU
+        demos and tests).
       stochastic_depth: EfficientNet only; the maximum drop probability of
         stochastic depth (Keras' `drop_connect_rate`: block b of B drops
         its residual branch with probability `stochastic_depth * b / B`).

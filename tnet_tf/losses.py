@@ -190,6 +190,19 @@ def tnet_loss(outputs: Dict, labels, baseline, weights: LossWeights) -> Dict[str
     return terms
 
 
+def mgnet_loss(step_logits, glimpse_logits, labels, glimpse_weight: float) -> Dict[str, tf.Tensor]:
+    """MGNet's eqs. (6)-(8) per example: the global loss (cross-entropy of the
+    global classifier, averaged over the T steps), the glimpse loss (the same
+    for the glimpse classifier) and total = alpha * glimpse + (1 - alpha) *
+    global. step_logits, glimpse_logits: [B, T, classes]; labels [B]."""
+    steps = tf.shape(step_logits)[1]
+    repeated = tf.repeat(tf.cast(labels, tf.int32)[:, None], steps, axis=1)
+    global_loss = tf.reduce_mean(classification_loss(step_logits, repeated), axis=1)
+    glimpse_loss = tf.reduce_mean(classification_loss(glimpse_logits, repeated), axis=1)
+    return {"total": glimpse_weight * glimpse_loss + (1.0 - glimpse_weight) * global_loss,
+            "global": global_loss, "glimpse": glimpse_loss}
+
+
 def location_entropy(location_probs):
     """Mean entropy (nats) of the location distributions of one level [N, P, K] -> [N]."""
     probs = tf.cast(location_probs, tf.float32)

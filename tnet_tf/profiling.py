@@ -34,6 +34,7 @@ class ProfileRow:
     model: str
     input_size: int
     locations: Optional[Tuple[int, ...]] = None
+    glimpses: Optional[int] = None          # MGNet rows
     params: Optional[int] = None
     flops: Optional[int] = None
     flops_profiler: Optional[int] = None
@@ -53,6 +54,7 @@ _COLUMNS = (
     ("model", "model"),
     ("input_size", "input"),
     ("locations", "locations"),
+    ("glimpses", "glimpses"),
     ("params", "params (M)"),
     ("flops", "GFLOPs eq.11"),
     ("flops_profiler", "GFLOPs TF profiler"),

@@ -238,7 +238,7 @@ def log_global_metrics(model) -> None:
         model.distribute_reduction_method = "first"
 
 
-def _loss_scaler(model):
+def loss_scaler(model):
     """The LossScaleOptimizer Keras `compile` wraps around the optimizer under a
     mixed_float16 policy, or None."""
     optimizer = model.optimizer
@@ -246,13 +246,13 @@ def _loss_scaler(model):
         else None
 
 
-def _apply_gradients(model, tape, loss):
+def apply_gradients(model, tape, loss):
     """Gradients of `loss` (already scaled under mixed_float16) applied by the
     optimizer, and by the backbone optimizer to the backbone if there is one."""
     variables = model.trainable_variables
     gradients = tape.gradient(loss, variables)
-    if _loss_scaler(model) is not None:
-        gradients = _loss_scaler(model).get_unscaled_gradients(gradients)
+    if loss_scaler(model) is not None:
+        gradients = loss_scaler(model).get_unscaled_gradients(gradients)
     pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
     backbone_optimizer = getattr(model, "backbone_optimizer", None)
     if backbone_optimizer is None:
@@ -370,9 +370,9 @@ class TNet(tnet.TNet):
             if options.weight_decay:
                 penalty = l2_penalty(decayed_variables(self), options.weight_decay)
                 loss += tf.nn.scale_regularization_loss(penalty)
-            if _loss_scaler(self) is not None:
-                loss = _loss_scaler(self).get_scaled_loss(loss)
-        _apply_gradients(self, tape, loss)
+            if loss_scaler(self) is not None:
+                loss = loss_scaler(self).get_scaled_loss(loss)
+        apply_gradients(self, tape, loss)
         self.baseline.assign(losses.update_baseline(self.baseline,
                                                     global_mean(terms["baseline_reward"])))
         self.training_metrics.update(
