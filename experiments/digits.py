@@ -15,7 +15,10 @@ canvas among clutter; `data_prep/digits.py`), then trains and evaluates:
   2. finetune_256: 3 levels on the full 256 px canvas, [2, 1] locations;
   3. baseline_64 (and baseline_256 with --full_res_baseline): the same
      backbone on the whole canvas;
-  4. report: every budget of TNet and the baselines -> <output_dir>/results.md
+  4. mgnet_256: MGNet (tnet_tf.MGNet) with the same backbone, 4 glimpses of
+     64 px from the 256 px canvas;
+  5. report: every budget of TNet, every glimpse count of MGNet and the
+     baselines -> <output_dir>/results.md
      and results.json (accuracy, GFLOPs, ms/image, share of the canvas seen at
      full resolution, policy hit rates with their chance values), the
      accuracy-vs-GFLOPs plot and the attention of 16 test canvases.
@@ -39,6 +42,7 @@ FLAGS = flags.FLAGS
 SIZES = {False: (20000, 2000), True: (4000, 1000)}     # (train, test) canvases by --quick
 TNET_STAGES = ("train_128", "finetune_256")
 BASELINES = ("baseline_64", "baseline_256")
+MGNET_STAGES = ("mgnet_256",)
 # generate_data is bound to the canvas counts of the command in `main`.
 ENTRY = Entry(dataset="digits", recipes=recipes.DIGITS, eval_split="test",
               tnet_stages=TNET_STAGES)
@@ -125,7 +129,8 @@ def main(argv):
         config = stages.prepare_data(runner.read_flags(entry, "evaluate"))
     except runner.FlagError as error:
         sys.exit(f"error: {error}")
-    digits_report.report(config, [s for s in plan if s in BASELINES])
+    digits_report.report(config, [s for s in plan if s in BASELINES],
+                         [s for s in plan if s in MGNET_STAGES])
     print(f"digits demo finished in {_minutes(time.time() - started)}")
 
 

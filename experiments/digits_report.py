@@ -1,13 +1,16 @@
 """The report of the digits demo (`python -m experiments.digits`): TNet at
-every budget and the baselines on the test canvases, as a table, a plot and
-an attention figure in the output folder.
+every budget, MGNet at every glimpse count and the baselines on the test
+canvases, as a table, a plot and attention figures in the output folder.
 
 Columns of `results.json` / `results.md` (one row per model and budget):
-  model, input_size, locations: what was run (locations None: a baseline);
+  model, input_size, locations, glimpses: what was run (TNet's budget,
+    MGNet's glimpses; neither: a baseline);
   accuracy: top-1 test accuracy (%);
   gflops: multiplications per image by eq. (11), in billions;
   ms_per_image: inference time on this machine (batch 16, mean of 5 batches);
-  full_res_percent: % of the canvas processed at its full (256 px) resolution;
+  full_res_percent: % of the canvas processed at its full (256 px) resolution
+    (MGNet: the union of its glimpses 2..t whose region is at most
+    glimpse_size canvas px wide);
   hit_rate_l<l>: % of attended level-l boxes that hold the whole digit box;
   hit_rate_l<l>_chance: the same for cells chosen uniformly at random;
   plus top5, attended_only_top1, coverage_level<l> and params.
@@ -19,6 +22,7 @@ import os
 from typing import Sequence
 
 import numpy as np
+import tensorflow as tf
 
 from experiments import stages
 from experiments.run_config import RunConfig
@@ -27,7 +31,7 @@ from tnet_tf.data import pipeline
 
 ATTENTION_CANVASES = 16
 TIMING = {"batch_size": 16, "num_batches": 5, "warmup_batches": 2}
-COLUMNS = ("model", "input_size", "locations", "accuracy", "gflops", "ms_per_image",
+COLUMNS = ("model", "input_size", "locations", "glimpses", "accuracy", "gflops", "ms_per_image",
            "full_res_percent", "hit_rate_l2", "hit_rate_l2_chance", "hit_rate_l3",
            "hit_rate_l3_chance")
 
@@ -97,20 +101,64 @@ def baseline_row(run: RunConfig, stage: str, canvas: int) -> dict:
             "params": model.count_params()}
 
 
+def mgnet_rows(run: RunConfig, stage: str, canvas: int):
+    """MGNet's early exits t = 1..T on the test canvases (one pass)."""
+    model, recipe, config = stages.restore(run, stage)
+    size = recipe.input_size
+    dataset = test_dataset(run, size)
+    results = evaluation.evaluate_glimpses(model, dataset, recipe.glimpses, progress=print)
+    full_res = (full_res_coverage(model, dataset, recipe.glimpses) if size >= canvas
+                else [0.0] * recipe.glimpses)
+    rows = []
+    for result in results:
+        kwargs, shape = {"glimpses": result["glimpses"]}, (size, size, 3)
+        rows.append({"model": "MGNet", "input_size": size, "locations": None,
+                     "glimpses": result["glimpses"], "accuracy": result["top1"],
+                     "gflops": profiling.count_flops_eq11(model, shape, **kwargs) / 1e9,
+                     "ms_per_image": profiling.measure_time(model, shape, **TIMING, **kwargs)[0],
+                     "full_res_percent": full_res[result["glimpses"] - 1],
+                     "top5": result["top5"], "coverage": result["coverage"],
+                     "params": model.count_params()})
+    return rows, model, recipe
+
+
+def full_res_coverage(model, dataset, glimpses: int) -> list:
+    """Per t: % of the image inside the union of MGNet's glimpses 2..t that
+    sample at least one image pixel per glimpse pixel (a region at most
+    glimpse_size px wide), averaged over the dataset."""
+    sums, count = np.zeros(glimpses), 0
+    for images, _, _ in dataset:
+        outputs = model(images, glimpses=glimpses, training=False)
+        sharp = outputs["regions"][:, :, 0] * images.shape[1] <= model.config.glimpse_size + 1e-6
+        for t in range(2, glimpses + 1):
+            # Coarser glimpses become empty boxes before the union.
+            boxes = tf.where(sharp[:, 1:t, None], tf.concat(outputs["boxes"][1:t], axis=1), 0.0)
+            sums[t - 1] += float(tf.reduce_sum(evaluation.coverage(boxes)))
+        count += int(images.shape[0])
+    return list(100.0 * sums / max(count, 1))
+
+
 def attention_grid(run: RunConfig, model, recipe, path: str) -> str:
-    """TNet's attention at its training budget on the first test canvases."""
+    """The attention of a TNet (at its training budget) or an MGNet (its T
+    glimpses) on the first test canvases."""
     images, labels, _ = next(iter(test_dataset(run, recipe.input_size, ATTENTION_CANVASES)))
-    outputs = model(images, locations=list(recipe.locations), training=False)
+    outputs = model(images, training=False, **stages.call_kwargs(recipe))
     return plots.attention_grid(images.numpy(), outputs, labels.numpy(), path)
 
 
-def report(run: RunConfig, baselines: Sequence[str]) -> list:
-    """Evaluates TNet and `baselines` (stage names) of the run's folder;
-    writes the table, the JSON, the accuracy-vs-GFLOPs plot and the
-    attention figure."""
+def report(run: RunConfig, baselines: Sequence[str], mgnets: Sequence[str] = ()) -> list:
+    """Evaluates TNet, `baselines` and `mgnets` (stage names) of the run's
+    folder; writes the table, the JSON, the accuracy-vs-GFLOPs plot and the
+    attention figures."""
     canvas = canvas_size(run)
     rows, model, recipe = tnet_rows(run, canvas)
     rows += [baseline_row(run, stage, canvas) for stage in baselines]
+    figures = []
+    for stage in mgnets:
+        stage_rows, mgnet, mgnet_recipe = mgnet_rows(run, stage, canvas)
+        rows += stage_rows
+        figures.append(attention_grid(run, mgnet, mgnet_recipe,
+                                      os.path.join(run.model_dir, f"attention_{stage}.png")))
     folder = run.model_dir
     with open(os.path.join(folder, "results.json"), "w") as handle:
         json.dump(rows, handle, indent=1)
@@ -122,7 +170,7 @@ def report(run: RunConfig, baselines: Sequence[str]) -> list:
     figure = attention_grid(run, model, recipe, os.path.join(folder, "attention.png"))
     with open(os.path.join(folder, "results.md")) as handle:
         print(handle.read())
-    print(f"wrote {folder}/results.md, results.json, {os.path.basename(plot)} and "
-          f"{os.path.basename(figure)}")
+    names = ", ".join(os.path.basename(f) for f in [figure] + figures)
+    print(f"wrote {folder}/results.md, results.json, {os.path.basename(plot)} and {names}")
     return rows
 

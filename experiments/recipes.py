@@ -13,7 +13,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from tnet_tf.data.pipeline import CACHES
 from tnet_tf.training import SCHEDULES
 
-MODELS = ("tnet", "baseline")
+MODELS = ("tnet", "baseline", "mgnet")
 
 
 class FieldError(ValueError):
@@ -38,12 +38,17 @@ def merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> Dict[str, Any]
 class Recipe:
     """One training stage.
 
-    model: "tnet" or "baseline". preset: tnet_tf preset name.
+    model: "tnet", "baseline" or "mgnet". preset: tnet_tf preset name (MGNet
+    takes its classes, backbone and heads, with glimpses of its base
+    resolution: `MGNetConfig.from_tnet`).
     model_overrides: `TNetConfig` fields that differ from the preset, applied
     with `get_preset(preset, **model_overrides)`; "backbone" is a dict of
     `BackboneConfig` fields, e.g. {"dropout": 0.5, "backbone":
     {"stochastic_depth": 0.3}} (the stage's regularisation, pretrained
-    weights, another backbone).
+    weights, another backbone); for MGNet also `MGNetConfig` fields
+    (glimpse_size, gradient_scale, ...).
+    glimpses: MGNet only; T, the glimpses of training (evaluation reports
+    every early exit t <= T).
     input_size / locations: the training input side and TNet budget (the
     model config takes them too).
     evaluation_budgets: the budgets `--stage=evaluate` reports.
@@ -68,6 +73,7 @@ class Recipe:
     model_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     input_size: int = 448
     locations: Tuple[int, ...] = (2,)
+    glimpses: int = 4
     evaluation_budgets: Tuple[Tuple[int, ...], ...] = ((0,), (1,), (2,), (3,))
     epochs: int = 40
     stop_after_epochs: Optional[int] = None
@@ -202,6 +208,11 @@ _DIGITS_TNET = Recipe(preset="digits", input_size=128, locations=(2,), epochs=10
 _DIGITS_BASELINE = Recipe(model="baseline", preset="digits", input_size=64, epochs=8,
                           lr_schedule="cosine", augment=False, cache="records",
                           evaluation_budgets=())
+# MGNet beside TNet: 4 glimpses of 64 px (TNet's base resolution) from the 256 px
+# canvas, the gradient scale of the paper's small backbone (ResNet-18: s = 0.02).
+_DIGITS_MGNET = Recipe(model="mgnet", preset="digits", input_size=256, glimpses=4, epochs=6,
+                       lr_schedule="cosine", augment=False, cache="records",
+                       evaluation_budgets=(), model_overrides={"gradient_scale": 0.02})
 DIGITS: Dict[str, Recipe] = {
     "train_128": _DIGITS_TNET,
     # Level 3's batch-norm statistics are learnt here: budgets with 3 levels
@@ -213,6 +224,7 @@ DIGITS: Dict[str, Recipe] = {
                                 .override_model(dropout=0.5),
     "baseline_64": _DIGITS_BASELINE,
     "baseline_256": _DIGITS_BASELINE.replace(input_size=256),
+    "mgnet_256": _DIGITS_MGNET,
 }
 # --quick: 4,000 training canvases and a few hundred steps.
 DIGITS_QUICK: Dict[str, Recipe] = {
@@ -220,4 +232,5 @@ DIGITS_QUICK: Dict[str, Recipe] = {
     "finetune_256": DIGITS["finetune_256"].replace(epochs=1),
     "baseline_64": DIGITS["baseline_64"].replace(epochs=2),
     "baseline_256": DIGITS["baseline_256"].replace(epochs=1),
+    "mgnet_256": DIGITS["mgnet_256"].replace(epochs=1),
 }

@@ -57,7 +57,7 @@ class RunConfig:
     entry: Entry
     stage: str
     recipe: Recipe
-    model_config: Any                       # tnet_tf.TNetConfig
+    model_config: Any                       # tnet_tf.TNetConfig (MGNetConfig for MGNet)
     model_dir: str
     data_dir: Optional[str] = None
     seed: int = 0
@@ -148,17 +148,29 @@ def smoke_recipe(recipe: Recipe) -> Recipe:
 
 def model_config(recipe: Recipe, smoke: bool = False):
     """The TNetConfig of a recipe: its preset with its overrides (smoke runs:
-    the size of the "tiny" preset, 32 px base, 10 classes)."""
+    the size of the "tiny" preset, 32 px base, 10 classes); for an MGNet
+    recipe the MGNetConfig of that TNetConfig."""
     import tnet_tf
     from tnet_tf.config import TINY_SIZE_FIELDS
 
     overrides = dict(recipe.model_overrides)
+    mgnet_names = {f.name for f in dataclasses.fields(tnet_tf.MGNetConfig)} - \
+        {f.name for f in dataclasses.fields(tnet_tf.TNetConfig)}
+    mgnet_overrides = {k: overrides.pop(k) for k in list(overrides) if k in mgnet_names}
     if smoke:
         tiny = tnet_tf.get_preset("tiny", base_resolution=SMOKE_BASE)
         overrides.update({name: getattr(tiny, name) for name in TINY_SIZE_FIELDS},
                          num_classes=SMOKE_CLASSES)
-    return tnet_tf.get_preset(recipe.preset, input_size=recipe.input_size,
-                              locations=recipe.locations, **overrides)
+    config = tnet_tf.get_preset(recipe.preset, input_size=recipe.input_size,
+                                locations=recipe.locations, **overrides)
+    if recipe.model != "mgnet":
+        if mgnet_overrides:
+            raise ValueError(f"MGNet fields for a {recipe.model} model: "
+                             f"{', '.join(sorted(mgnet_overrides))}")
+        return config
+    if smoke:
+        mgnet_overrides.pop("glimpse_size", None)     # the smoke base resolution
+    return tnet_tf.MGNetConfig.from_tnet(config, glimpses=recipe.glimpses, **mgnet_overrides)
 
 
 def validate(run: RunConfig) -> RunConfig:
@@ -189,7 +201,7 @@ def validate(run: RunConfig) -> RunConfig:
         value = getattr(run, name)
         if value is not None and value < 1:
             raise FlagError(name, f"{value} must be >= 1")
-    for locations in run.budgets or ():
+    for locations in (run.budgets if run.recipe.model == "tnet" else None) or ():
         try:
             budget.check(locations, run.model_config.grid_size)
         except ValueError as error:
@@ -256,5 +268,7 @@ def saved_run(folder: str) -> Tuple[Recipe, Any]:
     import tnet_tf
     with open(os.path.join(folder, "run.json")) as handle:
         info = json.load(handle)
-    return Recipe.from_dict(info["recipe"]), tnet_tf.TNetConfig.from_dict(info["model_config"])
+    recipe = Recipe.from_dict(info["recipe"])
+    kind = tnet_tf.MGNetConfig if recipe.model == "mgnet" else tnet_tf.TNetConfig
+    return recipe, kind.from_dict(info["model_config"])
 

@@ -135,9 +135,11 @@ def count_examples(config: RunConfig, split: str, recipe: Recipe) -> int:
 
 
 def build_model(recipe: Recipe, config):
-    """The stage's TNet or baseline for model config `config`."""
+    """The stage's TNet, MGNet or baseline for model config `config`."""
     if recipe.model == "tnet":
         return tnet_tf.TNet(config)
+    if recipe.model == "mgnet":
+        return tnet_tf.MGNet(config)
     return tnet_tf.Classifier(config, input_size=recipe.input_size)
 
 
@@ -161,6 +163,10 @@ def compile_model(model, recipe: Recipe, total_steps: int, run_eagerly: bool = F
                       contrastive_weight=recipe.contrastive_weight,
                       contrastive_margin=recipe.contrastive_margin, run_eagerly=run_eagerly,
                       jit_compile=jit_compile)
+        return
+    if isinstance(model, tnet_tf.MGNet):
+        model.compile(optimizer, glimpses=recipe.glimpses, weight_decay=recipe.weight_decay,
+                      run_eagerly=run_eagerly, jit_compile=jit_compile)
         return
     if recipe.weight_decay:
         model.add_loss(lambda: training.l2_penalty(training.decayed_variables(model),
@@ -337,11 +343,39 @@ def by_size(plan):
         yield size, [b for s, b in plan if s == size]
 
 
+def call_kwargs(recipe: Recipe) -> dict:
+    """The budget a stage's model is called with: TNet's locations, MGNet's glimpses."""
+    if recipe.model == "tnet":
+        return {"locations": list(recipe.locations)}
+    return {"glimpses": recipe.glimpses} if recipe.model == "mgnet" else {}
+
+
+def evaluate_mgnet(config: RunConfig, model, recipe: Recipe) -> List[dict]:
+    """MGNet's rows: every early exit t <= T from one pass over the split,
+    with the GFLOPs (and, with --profile, ms/image) of stopping at t."""
+    shape = (recipe.input_size, recipe.input_size, 3)
+    rows = []
+    for row in evaluation.evaluate_glimpses(model, eval_dataset(config, recipe.input_size,
+                                                                recipe),
+                                            recipe.glimpses, progress=print):
+        kwargs = {"glimpses": row["glimpses"]}
+        row = {"model": f"MGNet {config.checkpoint_stage}", "input_size": recipe.input_size,
+               **row, "gflops": profiling.count_flops_eq11(model, shape, **kwargs) / 1e9,
+               "params": model.count_params()}
+        if config.profile:
+            row["ms_per_image"], row["ms_per_image_std"] = profiling.measure_time(
+                model, shape, 8, 5, 2, **kwargs)
+        rows.append(row)
+    return rows
+
+
 def evaluate(config: RunConfig) -> List[dict]:
-    """Every budget of the evaluated checkpoint: tables, attention CSV and the
-    plot; returns the table's rows."""
+    """Every budget of the evaluated checkpoint (MGNet: every number of
+    glimpses): tables, attention CSV and the plot; returns the table's rows."""
     model, recipe, model_config = restore(config)
     folder = config.stage_dir()
+    if recipe.model == "mgnet":
+        return _write_results(config, evaluate_mgnet(config, model, recipe))
     attention = (evaluation.AttentionCsv(os.path.join(folder, "attention.csv"))
                  if config.export_attention else None)
     rows = []
@@ -362,6 +396,11 @@ def evaluate(config: RunConfig) -> List[dict]:
             rows.append(row)
     if attention is not None:
         attention.close()
+    return _write_results(config, rows)
+
+
+def _write_results(config: RunConfig, rows: List[dict]) -> List[dict]:
+    folder = config.stage_dir()
     paths = tables.write_table(rows, os.path.join(folder, "results"))
     print(open(paths["md"]).read())
     results = sorted(glob.glob(os.path.join(config.model_dir, "*", "results.json")))
@@ -376,9 +415,10 @@ def profile(config: RunConfig) -> dict:
     recipe, folder = config.recipe, config.stage_dir()
     model = build_model(recipe, config.model_config)
     shape = (recipe.input_size, recipe.input_size, 3)
-    kwargs = {"locations": list(recipe.locations)} if recipe.model == "tnet" else {}
+    kwargs = call_kwargs(recipe)
     row = profiling.ProfileRow(recipe.model, recipe.input_size,
-                               recipe.locations if recipe.model == "tnet" else None)
+                               recipe.locations if recipe.model == "tnet" else None,
+                               recipe.glimpses if recipe.model == "mgnet" else None)
     row.flops = profiling.count_flops_eq11(model, shape, **kwargs)
     row.flops_profiler = profiling.count_flops_profiler(model, shape, **kwargs)
     row.params = profiling.count_params(model)
@@ -410,7 +450,7 @@ def visualize(config: RunConfig) -> List[str]:
     folder = config.stage_dir()
     written = []
     for images, labels in eval_dataset(config, recipe.input_size, recipe, batch_size=8):
-        outputs = model(images, locations=list(recipe.locations), training=False)
+        outputs = model(images, training=False, **call_kwargs(recipe))
         for index in range(min(config.num_images - len(written), int(images.shape[0]))):
             path = os.path.join(folder, f"attention_{len(written):03d}.png")
             plots.attention_figure(images[index].numpy(), outputs, index, path,

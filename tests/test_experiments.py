@@ -119,6 +119,26 @@ def smoke(entry, stage, model_dir, **options):
     return stages.run(run_config.resolve(entry, stage, str(model_dir), smoke=True, **options))
 
 
+def test_mgnet_stage_trains_evaluates_draws_and_profiles(tmp_path):
+    from experiments.digits import ENTRY
+
+    result = smoke(ENTRY, "mgnet_256", tmp_path)
+    assert os.path.exists(result["checkpoint"] + "/checkpoint")
+    with open(tmp_path / "mgnet_256" / "run.json") as handle:
+        saved = json.load(handle)
+    assert saved["model_config"]["glimpses"] == 4 and saved["model_config"]["glimpse_size"] == 32
+    rows = smoke(ENTRY, "evaluate", tmp_path, checkpoint_stage="mgnet_256")
+    assert _as_json(rows) == _results(tmp_path, "evaluate")
+    assert [r["glimpses"] for r in rows] == [1, 2, 3, 4]
+    gflops = [r["gflops"] for r in rows]
+    assert gflops == sorted(gflops) and gflops[0] > 0
+    assert all(0.0 <= r["top1"] <= 100.0 for r in rows) and rows[0]["coverage"] == 0.0
+    assert len(smoke(ENTRY, "visualize", tmp_path, checkpoint_stage="mgnet_256")) == 2
+    _check_visualize(tmp_path)      # glimpse 2 is drawn in level 2's red
+    row = smoke(ENTRY, "profile", tmp_path, checkpoint_stage="mgnet_256")
+    assert row["glimpses"] == 4 and row["flops"] == pytest.approx(rows[-1]["gflops"] * 1e9)
+
+
 @pytest.mark.slow
 def test_every_fmow_stage_runs_with_smoke(tmp_path, capsys):
     from experiments.fmow import ENTRY
@@ -197,14 +217,15 @@ def test_digits_generates_its_data_and_runs_every_stage(tmp_path):
     assert len(os.listdir(tmp_path / "data")) >= 4   # shards and reports
     with open(tmp_path / "data" / "train_report.json") as handle:
         assert json.load(handle)["images"] == 16
-    for stage in ("train_128", "finetune_256", "baseline_64", "evaluate", "visualize"):
+    for stage in ("train_128", "finetune_256", "baseline_64", "mgnet_256", "evaluate",
+                  "visualize"):
         smoke(entry, stage, tmp_path)
     rows = _results(tmp_path, "evaluate")
     assert [r["locations"] for r in rows] == [[0], [1], [2], [2, 1], [2, 2]]
     _check_visualize(tmp_path)
 
 
-DIGITS_COLUMNS = ["model", "input_size", "locations", "accuracy", "gflops", "ms_per_image",
+DIGITS_COLUMNS = ["model", "input_size", "locations", "glimpses", "accuracy", "gflops", "ms_per_image",
                   "full_res_percent", "hit_rate_l2", "hit_rate_l2_chance", "hit_rate_l3",
                   "hit_rate_l3_chance"]
 
@@ -215,15 +236,16 @@ def test_digits_quick_demo_runs_end_to_end_and_resumes(tmp_path):
     tiny = ["--quick", f"--output_dir={out}", "--train_size=32", "--test_size=16",
             "--steps_per_epoch=2", "--epochs=1"]
     first = run("digits", *tiny)
-    assert "[1/4] train_128" in first.stdout and "[4/4] report" in first.stdout
+    assert "[1/5] train_128" in first.stdout and "[5/5] report" in first.stdout
     assert "about 0:00:0" in first.stdout          # the time left after each epoch
     with open(os.path.join(out, "results.json")) as handle:
         rows = json.load(handle)
-    assert [(r["model"], r["input_size"], r["locations"]) for r in rows] == [
-        ("TNet", 128, [0]), ("TNet", 128, [1]), ("TNet", 128, [2]),
-        ("TNet", 256, [2, 1]), ("TNet", 256, [2, 2]), ("baseline 64 px", 64, None)]
+    assert [(r["model"], r["input_size"], r["locations"], r.get("glimpses")) for r in rows] == [
+        ("TNet", 128, [0], None), ("TNet", 128, [1], None), ("TNet", 128, [2], None),
+        ("TNet", 256, [2, 1], None), ("TNet", 256, [2, 2], None),
+        ("baseline 64 px", 64, None, None)] + [("MGNet", 256, None, t) for t in (1, 2, 3, 4)]
     for row in rows:
-        assert set(DIGITS_COLUMNS[:7]) <= set(row)
+        assert set(DIGITS_COLUMNS[:8]) - {"locations", "glimpses"} <= set(row)
         assert 0.0 <= row["accuracy"] <= 100.0 and row["gflops"] > 0 and row["ms_per_image"] > 0
     tnet = {tuple(r["locations"]): r for r in rows if r["locations"] is not None}
     assert tnet[(0,)]["gflops"] < tnet[(1,)]["gflops"] < tnet[(2,)]["gflops"]
@@ -233,16 +255,21 @@ def test_digits_quick_demo_runs_end_to_end_and_resumes(tmp_path):
     # Only level 3 at 256 px sees canvas pixels one to one: 2 cells of 1/16 of the canvas.
     assert [r["full_res_percent"] for r in rows[:3]] == [0.0, 0.0, 0.0]
     assert 6.25 <= tnet[(2, 1)]["full_res_percent"] <= 12.5
-    assert rows[-1]["full_res_percent"] == 0.0 and "hit_rate_l2" not in rows[-1]
+    assert rows[5]["full_res_percent"] == 0.0 and "hit_rate_l2" not in rows[5]
+    mgnet = rows[6:]
+    assert [r["gflops"] for r in mgnet] == sorted(r["gflops"] for r in mgnet)
+    assert mgnet[0]["full_res_percent"] == 0.0 and all(
+        0.0 <= r["full_res_percent"] <= r["coverage"] + 1e-9 for r in mgnet)
     with open(os.path.join(out, "results.md")) as handle:
         table = handle.read().splitlines()
-    assert table[0] == "| " + " | ".join(DIGITS_COLUMNS) + " |" and len(table) == 2 + 6
-    for name, size in (("accuracy_vs_gflops.png", (480, 720)), ("attention.png", (1320, 1200))):
+    assert table[0] == "| " + " | ".join(DIGITS_COLUMNS) + " |" and len(table) == 2 + 10
+    for name, size in (("accuracy_vs_gflops.png", (480, 720)), ("attention.png", (1320, 1200)),
+                       ("attention_mgnet_256.png", (1320, 1200))):
         pixels = tf.io.decode_png(tf.io.read_file(os.path.join(out, name))).numpy()
         assert pixels.shape[:2] == size
     # A rerun keeps every finished stage and only reports again.
     again = run("digits", *tiny)
-    assert again.stdout.count("finished in an earlier run, kept") == 3
+    assert again.stdout.count("finished in an earlier run, kept") == 4
     # Data of another size in the same folder is a clear error.
     error = error_line(run("digits", *tiny[:2], "--train_size=48", check=False))
     assert "--train_size:" in error and "holds 32 train canvases, not 48" in error

@@ -145,6 +145,38 @@ def evaluate_budgets(model, dataset: Iterable, budgets: Sequence[Sequence[int]],
     return rows
 
 
+def evaluate_glimpses(model, dataset: Iterable, glimpses: int,
+                      progress: Optional[Callable[[str], None]] = None) -> List[dict]:
+    """MGNet's early exits: one pass over `dataset` ((images, labels, ...)
+    batches) with `glimpses` glimpses scores every t <= glimpses from its
+    `step_logits`. Returns one dict per t: glimpses, images, top1, top5 (%)
+    and coverage (% of the image inside the union of glimpses 2..t; the
+    first is the whole image at low resolution)."""
+    predict = tf.function(lambda images: model(images, glimpses=glimpses, training=False),
+                          reduce_retracing=True)
+    totals = _Accumulator()
+    for batch in dataset:
+        images, labels = batch[:2]
+        outputs = predict(images)
+        for t in range(1, glimpses + 1):
+            logits = outputs["step_logits"][:, t - 1]
+            totals.add(f"top1_{t}", _top_k_correct(logits, labels, 1))
+            totals.add(f"top5_{t}", _top_k_correct(logits, labels, 5))
+            if t > 1:
+                totals.add(f"coverage_{t}", coverage(tf.concat(outputs["boxes"][1:t], axis=1)))
+        totals.count += int(labels.shape[0])
+    rows = []
+    for t in range(1, glimpses + 1):
+        rows.append({"glimpses": t, "images": totals.count,
+                     "top1": 100.0 * totals.mean(f"top1_{t}"),
+                     "top5": 100.0 * totals.mean(f"top5_{t}"),
+                     "coverage": 100.0 * totals.mean(f"coverage_{t}") if t > 1 else 0.0})
+        if progress is not None:
+            progress(f"{t} glimpse(s): top-1 {rows[-1]['top1']:.2f} %, top-5 "
+                     f"{rows[-1]['top5']:.2f} % on {totals.count} images")
+    return rows
+
+
 class AttentionCsv:
     """Writes every image's attended boxes and their probabilities to a CSV:
     one line per attended location (budget, image, label, prediction,

@@ -59,12 +59,22 @@ def attention_grid(images: np.ndarray, outputs: Dict, labels: Optional[Sequence[
 def draw_attention(axis, image: np.ndarray, outputs: Dict, index: int,
                    label: Optional[int] = None,
                    class_names: Optional[Sequence[str]] = None) -> None:
-    """Draws image `index` of a batch of TNet outputs and its attended boxes on `axis`."""
+    """Draws image `index` of a batch of TNet (or MGNet) outputs and its
+    attended boxes on `axis`. MGNet's glimpses 2..T are labelled with their
+    step and scale a_s, in the colours of levels 2, 3, 4, ..."""
     height, width = image.shape[:2]
-    levels = np.asarray(outputs["feature_levels"])
     boxes = np.concatenate([np.asarray(b)[index] for b in outputs["boxes"]], axis=0)
-    probabilities = np.exp(np.asarray(outputs["location_log_probs"])[index])
-    weights = np.asarray(outputs["feature_weights"])[index]
+    if "regions" in outputs:                                     # MGNet
+        scales = np.asarray(outputs["regions"])[index, :, 0]
+        levels = np.arange(1, len(boxes) + 1)
+        labels = [f"t{t + 1} s={scales[t]:.2f}" for t in range(len(boxes))]
+        weights = np.ones(len(boxes))
+    else:
+        levels = np.asarray(outputs["feature_levels"])
+        probabilities = np.exp(np.asarray(outputs["location_log_probs"])[index])
+        weights = np.asarray(outputs["feature_weights"])[index]
+        labels = [""] + [f"L{levels[f]} p={probabilities[f - 1]:.2f}"
+                         for f in range(1, len(levels))]
     learned_weights = not np.allclose(weights, weights[0])
     prediction = int(np.argmax(np.asarray(outputs["logits"])[index]))
     axis.imshow(np.clip((image + 1.0) / 2.0, 0.0, 1.0))
@@ -73,9 +83,7 @@ def draw_attention(axis, image: np.ndarray, outputs: Dict, index: int,
         colour = LEVEL_COLOURS.get(int(levels[feature]), "#0a84ff")
         axis.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, linewidth=2,
                                      edgecolor=colour))
-        text = f"L{levels[feature]} p={probabilities[feature - 1]:.2f}"
-        if learned_weights:
-            text += f" w={weights[feature]:.2f}"
+        text = labels[feature] + (f" w={weights[feature]:.2f}" if learned_weights else "")
         axis.text(x1 + 2, y1 + 2, text, color=colour, fontsize=7, va="top",
                   bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0})
     name = (lambda k: class_names[k] if class_names is not None else str(k))
@@ -111,8 +119,9 @@ def accuracy_vs_flops(result_files: Sequence[str], path: str, metric: str = "top
         y = [r[metric] for r in rows]
         axis.plot(x, y, marker="o", label=name)
         for row in rows:
-            if row.get("total_locations") is not None:
-                axis.annotate(str(row["total_locations"]), (row["gflops"], row[metric]),
+            count = row.get("total_locations", row.get("glimpses"))   # MGNet: glimpses
+            if count is not None:
+                axis.annotate(str(count), (row["gflops"], row[metric]),
                               textcoords="offset points", xytext=(4, -10), fontsize=7)
     axis.set_xlabel("GFLOPs per image (eq. 11)")
     axis.set_ylabel("accuracy (%)" if metric == "accuracy" else f"{metric} accuracy (%)")
