@@ -113,6 +113,9 @@ class TNetConfig:
         features instead of averaging them (CUB / NABirds).
       initializer: "glorot" (Xavier weights, zero biases) or "efficientnet"
         (the EfficientNet variance-scaling initialisers) for the TNet heads.
+      grid_indices: the feature-map rows (and columns) the location module
+        reads, one per grid row; None aligns them by receptive field (the
+        paper). `release.load_model` sets the release's.
       location_stop_gradient: in training, detach the location module's
         inputs (the feature map and, variant "context", the feature vector),
         so the REINFORCE terms train the location module alone and the
@@ -137,6 +140,7 @@ class TNetConfig:
     feature_weighting: bool = False
     initializer: str = "efficientnet"
     location_stop_gradient: bool = True
+    grid_indices: Optional[Tuple[int, ...]] = None
 
     def __post_init__(self):
         if isinstance(self.backbone, dict):
@@ -157,6 +161,11 @@ class TNetConfig:
             raise ValueError(f"a {self.grid_size}x{self.grid_size} grid of cells of fraction "
                              f"{self.cell_fraction} does not cover the image")
         budget.check(self.locations, self.grid_size)
+        if self.grid_indices is not None:
+            object.__setattr__(self, "grid_indices", tuple(int(i) for i in self.grid_indices))
+            if len(self.grid_indices) != self.grid_size or min(self.grid_indices) < 0:
+                raise ValueError(f"grid_indices must be {self.grid_size} indices >= 0, one per "
+                                 f"grid row; got {self.grid_indices}")
         _check_choice("location_module", self.location_module, LOCATION_MODULES)
         _check_choice("code_variant", self.code_variant, CODE_VARIANTS)
         _check_choice("positional_fusion", self.positional_fusion, POSITIONAL_FUSIONS)

@@ -109,6 +109,11 @@ class TNet(tf.keras.Model):
         rows, cols = geometry.receptive_fields(self.backbone)[tap]
         self.grid_rows = geometry.aligned_indices(rows.centres(), base, n, config.cell_fraction)
         self.grid_cols = geometry.aligned_indices(cols.centres(), base, n, config.cell_fraction)
+        if config.grid_indices is not None:
+            if max(config.grid_indices) >= min(len(rows.centres()), len(cols.centres())):
+                raise ValueError(f"grid_indices {config.grid_indices} lie outside the "
+                                 f"{len(rows.centres())} x {len(cols.centres())} feature map")
+            self.grid_rows = self.grid_cols = np.array(config.grid_indices)
         self.cell_boxes = geometry.grid_boxes(n, config.cell_fraction).astype(np.float32)
         self.location_module = LocationModule(
             n, config.location_module, config.location_width, config.location_se_width,
