@@ -164,9 +164,27 @@ def test_missing_weight_file_is_a_clear_error(tmp_path):
 
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="backbone.name"):
-        BackboneConfig(name="resnet50")
+        BackboneConfig(name="resnet18")
     with pytest.raises(ValueError, match="backbone.pretrained"):
         BackboneConfig(name="bagnet77", pretrained="imagenet")
+
+
+def test_resnet50_is_v1_5_with_keras_names_and_caffe_input():
+    model = backbones.build_backbone(BackboneConfig(name="resnet50"), 64)
+    keras = tf.keras.applications.ResNet50(include_top=False, weights=None, pooling="avg",
+                                           input_shape=(64, 64, 3))
+    ours = {w.name: w.shape for w in model.weights}
+    assert ours == {w.name: w.shape for w in keras.weights}      # Keras weight files load
+    strides = {layer.name: layer.strides[0] for layer in model.layers
+               if isinstance(layer, tf.keras.layers.Conv2D)}
+    for stage in (3, 4, 5):                                     # the 3x3 conv strides (v1.5)
+        assert (strides[f"conv{stage}_block1_1_conv"], strides[f"conv{stage}_block1_2_conv"]) \
+            == (1, 2)
+    assert tuple(model.outputs[0].shape) == (None, 4, 4, 1024)  # stage 4, stride 16
+    # The input: [-1, 1] RGB -> Keras' caffe convention, as resnet50.preprocess_input.
+    images = tf.random.stateless_uniform([2, 8, 8, 3], [0, 1], -1.0, 1.0)
+    expected = tf.keras.applications.resnet50.preprocess_input((images + 1.0) * 127.5)
+    np.testing.assert_allclose(backbones.CaffeInput()(images), expected, atol=1e-4)
 
 
 def test_compact_backbone_taps_stride_8():
