@@ -1,6 +1,7 @@
 """The release checkpoint reader against the authors' outputs in
 ../shared/release_fixtures, the key manifests of the ImageNet models, and
 the round trip save_checkpoint -> load_model."""
+import json
 import os
 
 import numpy as np
@@ -85,7 +86,7 @@ def test_fmow_baseline_equals_the_release(cases):
 def manifest(name):
     with open(os.path.join(FIXTURES, name, "manifest.txt")) as handle:
         rows = [line.split("\t") for line in handle.read().splitlines() if line.strip()]
-    keys = {key: eval(shape) for key, shape in rows}    # noqa: S307 - "[512, 1000]" lists
+    keys = {key: json.loads(shape) for key, shape in rows}     # shapes are "[512, 1000]"
     return {k: v for k, v in keys.items()
             if not k.startswith(("optimizer", "_CHECKPOINTABLE", "save_counter"))}
 
