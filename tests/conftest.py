@@ -30,3 +30,20 @@ def _seed_everything():
     tf.keras.utils.set_random_seed(0)
     np.random.seed(0)
     yield
+
+
+def release_cell(patch: np.ndarray, index: int, grid_size: int, fraction: float) -> np.ndarray:
+    """Cell `index` of `patch` [h, w, C] cut the way the authors' release cuts
+    it (numpy, written from its description): the cell side rounded, the
+    stride rounded up, the patch zero-padded by the overhang, ceil(half) before."""
+    cuts = []
+    for side in patch.shape[:2]:
+        cell = int(np.round(side * fraction))
+        stride = int(np.ceil((side - cell) / (grid_size - 1)))
+        total = (grid_size - 1) * stride + cell - side
+        cuts.append((cell, stride, int(np.ceil(total / 2)), total - int(np.ceil(total / 2))))
+    (cell_y, stride_y, top, bottom), (cell_x, stride_x, left, right) = cuts
+    padded = np.pad(patch, [[top, bottom], [left, right], [0, 0]])
+    row, col = divmod(index, grid_size)
+    return padded[row * stride_y:row * stride_y + cell_y, col * stride_x:col * stride_x + cell_x]
+

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tnet_tf import backbones, geometry
+from conftest import release_cell
 
 
 def test_grid_3x3_at_448_has_224px_cells_with_112px_stride():
@@ -188,3 +189,41 @@ def test_gather_crop_and_resize_compiles_with_xla():
                          jit_compile=True)
     with pytest.raises(tf.errors.InvalidArgumentError, match="CropAndResize"):
         kernel(images)
+
+
+@pytest.mark.parametrize("size, grid_size, fraction, expected", [
+    (224, 5, 0.34375, (77, 37, 1)),    # the ImageNet example: a 225 px frame
+    (448, 3, 0.5, (224, 112, 0)),      # fMoW: already whole pixels
+    (448, 5, 0.35, (157, 73, 1)),      # CUB: round(156.8), ceil(72.75), 449 px frame
+    (157, 5, 0.35, (55, 26, 1)),       # its level 3: round(54.95), ceil(25.5), 159 px frame
+    (310, 5, 0.34375, (107, 51, 1))])  # round(106.5625), ceil(50.75), 311 px frame
+def test_integer_grid_by_hand(size, grid_size, fraction, expected):
+    values = geometry.integer_grid(tf.constant([size, size]), grid_size, fraction)
+    np.testing.assert_array_equal(np.stack([v.numpy() for v in values]),
+                                  np.array(expected)[:, None].repeat(2, 1))
+
+
+def test_integer_grid_rounds_half_to_even_like_numpy():
+    # 0.5 * 225 = 112.5 -> 112 (numpy's and the release's rounding), not 113.
+    cell, stride, pad = (v.numpy() for v in geometry.integer_grid(tf.constant(225.0), 3, 0.5))
+    assert (cell, stride, pad) == (112, 57, 1)
+    assert release_cell(np.zeros([225, 225, 1]), 0, 3, 0.5).shape == (112, 112, 1)
+
+
+def test_cut_windows_copies_pixels_and_zeroes_outside_the_valid_part():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (2, 20, 24, 3)).astype(np.float32)
+    windows = np.array([[-1, -2, 9, 8], [15, 20, 25, 30], [4, 5, 14, 15]], np.float32)
+    valid = np.array([[0, 0, 9, 8], [15, 20, 20, 24], [6, 5, 14, 12]], np.float32)
+    indices = np.array([0, 1, 1])
+    crops = geometry.cut_windows(tf.constant(images), windows, valid, indices).numpy()
+    padded = np.pad(images, [[0, 0], [5, 10], [5, 10], [0, 0]])
+    for crop, window, inside, index in zip(crops, windows.astype(int), valid.astype(int),
+                                           indices):
+        y1, x1, y2, x2 = window + 5
+        expected = padded[index, y1:y2, x1:x2].copy()
+        mask = np.zeros(expected.shape[:2], bool)
+        mask[inside[0] - window[0]:inside[2] - window[0],
+             inside[1] - window[1]:inside[3] - window[1]] = True
+        expected[~mask] = 0
+        np.testing.assert_array_equal(crop, expected)

@@ -146,7 +146,8 @@ def test_save_checkpoint_round_trip_is_exact(tmp_path):
     assert keys - {"_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter" + release.SUFFIX} == \
         set(manifest("fmow_tnet"))
     loaded = release.load_model(prefix, "fmow", input_size=448,
-                                code_variant=config.code_variant, grid_indices=None)
+                                code_variant=config.code_variant, grid_indices=None,
+                                integer_grid=config.integer_grid)
     ours, theirs = release.release_names(model), release.release_names(loaded)
     for key in ours:
         np.testing.assert_array_equal(ours[key].numpy(), theirs[key].numpy(), err_msg=key)

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 import tnet_tf
 from tnet_tf import geometry
-from conftest import tiny_config
+from conftest import release_cell, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -262,3 +262,33 @@ def test_batch_norm_keeps_statistics_per_level(images):
     np.testing.assert_array_equal(after["features"][:, :3], before["features"][:, :3])
     # (An untrained network's later layers damp the shift, but it does arrive.)
     assert np.abs(after["features"][:, 3:] - before["features"][:, 3:]).min() > 0
+
+
+def test_integer_grid_glimpses_are_the_release_cells_resized():
+    # 310 px, 5 x 5 cells of 34.375 %: 107 px cells on a 51 px stride (one zero row
+    # and column before), their cells 37 px on an 18 px stride (1 before, 1 after).
+    config = tiny_config(grid_size=5, cell_fraction=0.34375, integer_grid=True, input_size=310)
+    model = tnet_tf.TNet(config)
+    images = tf.random.stateless_uniform([2, 310, 310, 3], [1, 2], -1.0, 1.0)
+    chosen = tf.constant([[0, 7, 4, 20], [24, 3, 12, 0]])   # level 2 x 2, then one per glimpse
+    out = model(images, locations=[2, 1], chosen_locations=chosen)
+    n = config.grid_size
+    for b in range(2):
+        for slot, chain in enumerate([[0], [1], [0, 2], [1, 3]]):
+            cells = [int(chosen[b, i]) for i in chain]
+            patch = images[b].numpy()
+            for cell in cells:
+                patch = release_cell(patch, cell, n, config.cell_fraction)
+            glimpse = tf.image.resize(patch[None], [32, 32], method="bilinear", antialias=False)
+            _, vector = model.backbone(glimpse)
+            rows, cols = zip(*(divmod(cell, n) for cell in cells))
+            x = sum(c * n ** (len(cols) - 1 - i) for i, c in enumerate(cols))
+            y = sum(r * n ** (len(rows) - 1 - i) for i, r in enumerate(rows))
+            code = geometry.positional_code(tf.constant([[float(x)]]), tf.constant([[float(y)]]),
+                                            tf.constant([[float(len(cells))]]), 24)
+            expected = model.positional_encoding([vector[:, None], code])
+            np.testing.assert_allclose(out["features"].numpy()[b, 1 + slot], expected[0, 0],
+                                       atol=1e-4)
+    # Boxes are the pixel windows over the image side: cell 7 (row 1, col 2) of the image.
+    np.testing.assert_allclose(out["boxes"][1].numpy()[0, 1] * 310,
+                               [51 - 1, 102 - 1, 51 - 1 + 107, 102 - 1 + 107], atol=1e-3)

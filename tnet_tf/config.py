@@ -116,6 +116,13 @@ class TNetConfig:
       grid_indices: the feature-map rows (and columns) the location module
         reads, one per grid row; None aligns them by receptive field (the
         paper). `release.load_model` sets the release's.
+      integer_grid: cut the cells on whole pixels as the authors' release
+        does (`geometry.integer_grid`): at every level the cell side is
+        rounded, the stride rounded up and the glimpse zero-padded by what
+        the grid overhangs; a cell's pixels come straight from the input
+        and are then resized to the base resolution. False: cells are exact
+        fractions of their parent, sampled bilinearly (the paper's wording).
+        `release.load_model` sets it.
       location_stop_gradient: in training, detach the location module's
         inputs (the feature map and, variant "context", the feature vector),
         so the REINFORCE terms train the location module alone and the
@@ -141,6 +148,7 @@ class TNetConfig:
     initializer: str = "efficientnet"
     location_stop_gradient: bool = True
     grid_indices: Optional[Tuple[int, ...]] = None
+    integer_grid: bool = False
 
     def __post_init__(self):
         if isinstance(self.backbone, dict):

@@ -14,9 +14,10 @@ maps each of our variables to its key; `load_model` matches every one and
 fails naming the key that is missing, left over or of another shape.
 
 Where the release differs from the paper's wording, `load_model` sets the
-config fields that reproduce it (`RELEASE_FIELDS`): the positional code
-variant "release" and the feature-map pixels the location module reads
-(the release's receptive-field alignment).
+config fields that reproduce it (`release_fields`): the positional code
+variant "release", the feature-map pixels the location module reads (the
+release's receptive-field alignment) and the integer grid (cells cut on
+whole pixels, the overhang zero-padded).
 """
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def swap_coordinates(kernel: np.ndarray) -> np.ndarray:
 def release_fields(config: config_lib.TNetConfig) -> dict:
     """The config fields that make a TNet compute what the release computes."""
     family = "bagnet77" if config.backbone.name == "bagnet77" else "efficientnet"
-    return {"code_variant": "release", "grid_indices": RELEASE_GRID_INDICES[family]}
+    return {"code_variant": "release", "grid_indices": RELEASE_GRID_INDICES[family],
+            "integer_grid": True}
 
 
 # ----------------------------------------------------------------------------

@@ -162,20 +162,47 @@ class TNet(tf.keras.Model):
                 f"{levels} levels need images larger than {needed:.0f} px; at this size at "
                 f"most {reachable} level(s)")
 
-    def _glimpse_features(self, images, boxes, training, level):
-        """Crops boxes [B, P, 4] from the images; returns the backbone outputs."""
+    def _glimpse_features(self, images, boxes, training, level, windows=None):
+        """Crops boxes [B, P, 4] from the images (with `windows`, the
+        (windows, valid) [B, P, 4] pixel rectangles of the integer grid, cuts
+        those and resizes them); returns the backbone outputs."""
         count = boxes.shape[1]
-        flat = tf.reshape(boxes, [-1, 4])
         shape = tf.shape(images)
-        crop_boxes = geometry.crop_and_resize_boxes(flat, shape[1], shape[2],
-                                                    self.config.base_resolution)
         indices = tf.repeat(tf.range(shape[0]), count)
         size = [self.config.base_resolution] * 2
+        if windows is not None:
+            # The release resizes each whole-pixel cell (its padding included) to the base.
+            cells = geometry.cut_windows(images, tf.reshape(windows[0], [-1, 4]),
+                                         tf.reshape(windows[1], [-1, 4]), indices)
+            glimpses = tf.image.resize(cells, size, method="bilinear", antialias=False)
+            set_backbone_level(self.backbone, level)
+            return self.backbone(glimpses, training=training)
+        crop_boxes = geometry.crop_and_resize_boxes(tf.reshape(boxes, [-1, 4]), shape[1],
+                                                    shape[2], self.config.base_resolution)
         # XLA has no CropAndResize kernel: compiled steps take the gather version.
         crop = geometry.crop_and_resize if self.xla_compatible else tf.image.crop_and_resize
         glimpses = crop(tf.cast(images, tf.float32), crop_boxes, indices, size)
         set_backbone_level(self.backbone, level)
         return self.backbone(glimpses, training=training)
+
+    def _integer_cells(self, windows, boxes, index, extent, image_size, shape):
+        """The pixel windows (and valid parts) of the cells `index` [B*P, k] of
+        the glimpses `windows` (None: the whole images `boxes`) of side `extent`
+        (h, w), as the release cuts them; returns them shaped `shape` and the
+        cells' (h, w)."""
+        if windows is None:
+            whole = tf.reshape(boxes, [-1, 1, 4]) * tf.tile(image_size, [2])
+            windows = (whole, whole)
+        parent, parent_valid = (tf.reshape(w, [-1, 1, 4]) for w in windows)
+        cell, stride, pad_before = geometry.integer_grid(extent, self.config.grid_size,
+                                                         self.config.cell_fraction)
+        n = self.config.grid_size
+        row_col = tf.cast(tf.stack([index // n, index % n], axis=-1), tf.float32)
+        start = parent[..., :2] + row_col * stride - pad_before                 # [B*P, k, 2]
+        child = tf.concat([start, start + cell], axis=-1)
+        valid = tf.concat([tf.maximum(child[..., :2], parent_valid[..., :2]),
+                           tf.minimum(child[..., 2:], parent_valid[..., 2:])], axis=-1)
+        return (tf.reshape(child, shape), tf.reshape(valid, shape)), cell
 
     def call(self, images, locations=None, training=None, selection="top_k",
              chosen_locations=None, random_cells=None):
@@ -188,6 +215,10 @@ class TNet(tf.keras.Model):
         cells = tf.zeros([batch, 1, 2])   # (x, y) cell coordinates at the current level
         features, levels, parents = [], [], [-1]
         chosen, chosen_log_probs, distributions, all_boxes = [], [], [], [boxes]
+        # The integer grid (config.integer_grid): the glimpses' pixel windows and
+        # the part of each that holds image pixels, [B, P, 4]; `extent`: their (h, w).
+        image_size = tf.cast(tf.shape(images)[1:3], tf.float32)
+        extent, windows = image_size, None
         if chosen_locations is not None:
             chosen_locations = tf.cast(tf.convert_to_tensor(chosen_locations), tf.int32)
             attended = budget.total_locations(locations)
@@ -197,7 +228,8 @@ class TNet(tf.keras.Model):
 
         for level in range(1, len(locations) + 2):
             count = boxes.shape[1]
-            feature_map, vector = self._glimpse_features(images, boxes, training, level)
+            feature_map, vector = self._glimpse_features(images, boxes, training, level,
+                                                         windows)
             vector = tf.reshape(vector, [batch, count, vector.shape[-1]])
             code = geometry.positional_code(cells[..., 0], cells[..., 1],
                                             tf.fill(tf.shape(cells[..., 0]), float(level - 1)),
@@ -225,9 +257,14 @@ class TNet(tf.keras.Model):
             chosen.append(tf.reshape(index, [batch, count * k]))
             chosen_log_probs.append(tf.reshape(tf.gather(log_probs, index, batch_dims=1),
                                                [batch, count * k]))
-            child = tf.gather(self.cell_boxes, index)                            # [B*P, k, 4]
-            boxes = tf.reshape(geometry.compose_boxes(tf.reshape(boxes, [-1, 1, 4]), child),
-                               [batch, count * k, 4])
+            if config.integer_grid:
+                windows, extent = self._integer_cells(windows, boxes, index, extent,
+                                                      image_size, [batch, count * k, 4])
+                boxes = windows[0] / tf.tile(image_size, [2])
+            else:
+                child = tf.gather(self.cell_boxes, index)                        # [B*P, k, 4]
+                boxes = tf.reshape(geometry.compose_boxes(tf.reshape(boxes, [-1, 1, 4]), child),
+                                   [batch, count * k, 4])
             offsets = tf.cast(tf.stack([index % n, index // n], axis=-1), tf.float32)
             cells = tf.reshape(tf.reshape(cells, [-1, 1, 2]) * n + offsets, [batch, count * k, 2])
             all_boxes.append(boxes)
