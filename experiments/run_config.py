@@ -52,6 +52,9 @@ class RunConfig:
     the tool stages, those of `checkpoint_stage` (profile builds them;
     evaluate and visualize restore the stage's saved ones).
     budgets: evaluate's location budgets (None: the recipe's).
+    release_checkpoint: evaluate / visualize / profile the authors' published
+    weights of the checkpoint stage's model (a release checkpoint prefix or
+    folder, read by `tnet_tf.release.load_model`) instead of a trained stage.
     """
 
     entry: Entry
@@ -76,6 +79,7 @@ class RunConfig:
     profile: bool = False
     export_attention: bool = False
     num_images: int = 8
+    release_checkpoint: Optional[str] = None
 
     @property
     def is_training(self) -> bool:
@@ -134,6 +138,8 @@ def resolve(entry: Entry, stage: str, model_dir: str, *,
         config = model_config(recipe, smoke)
     except ValueError as error:
         raise FlagError("stage", f"invalid model for {recipe_stage}: {error}") from None
+    if options.get("release_checkpoint") and recipe.model != "mgnet":
+        config = release_model_config(config)
     return RunConfig(entry=entry, stage=stage, recipe=recipe, model_config=config,
                      model_dir=model_dir, **options)
 
@@ -173,6 +179,15 @@ def model_config(recipe: Recipe, smoke: bool = False):
     return tnet_tf.MGNetConfig.from_tnet(config, glimpses=recipe.glimpses, **mgnet_overrides)
 
 
+def release_model_config(config):
+    """A model config as the authors' published weights need it: the release's
+    geometry (`tnet_tf.release.release_fields`), no pretrained download."""
+    from tnet_tf import release
+
+    backbone = dataclasses.replace(config.backbone, pretrained=None)
+    return dataclasses.replace(config, backbone=backbone, **release.release_fields(config))
+
+
 def validate(run: RunConfig) -> RunConfig:
     """Checks data, checkpoints and settings before any work; raises FlagError."""
     import tensorflow as tf
@@ -208,11 +223,19 @@ def validate(run: RunConfig) -> RunConfig:
             raise FlagError("budgets", str(error)) from None
     if not run.is_training:
         stage = run.checkpoint_stage
+        if run.stage == "visualize" and run.recipe.model == "baseline":
+            raise FlagError("checkpoint_stage", f"{stage} is a baseline; visualize draws the "
+                            f"attention of a TNet or MGNet stage")
+        if run.release_checkpoint:
+            return _validate_release(run)
         if run.stage != "profile" and not os.path.exists(run.final_checkpoint(stage) +
                                                          "/checkpoint"):
             raise FlagError("checkpoint_stage", f"no final checkpoint of {stage} in "
                             f"{run.final_checkpoint(stage)}; run --stage={stage} first")
         return run
+    if run.release_checkpoint:
+        raise FlagError("release_checkpoint", "is read by --stage=evaluate, visualize or "
+                        "profile; training stages start from --init_checkpoint")
     recipe, config = run.recipe, run.model_config
     if recipe.init_from or run.init_checkpoint:
         source = init_source(run)
@@ -230,6 +253,22 @@ def validate(run: RunConfig) -> RunConfig:
                                    config.cell_fraction)
         except ValueError as error:
             raise FlagError("input_size", str(error)) from None
+    return run
+
+
+def _validate_release(run: RunConfig) -> RunConfig:
+    from tnet_tf import release
+
+    if run.recipe.model == "mgnet":
+        raise FlagError("release_checkpoint", f"{run.checkpoint_stage} is an MGNet stage; "
+                        f"the release has TNet and baseline weights only")
+    if run.smoke:
+        raise FlagError("release_checkpoint", "--smoke builds a toy model that no release "
+                        "checkpoint fits")
+    try:
+        release.checkpoint_prefix(run.release_checkpoint)
+    except FileNotFoundError as error:
+        raise FlagError("release_checkpoint", str(error)) from None
     return run
 
 

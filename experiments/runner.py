@@ -79,6 +79,9 @@ def define_flags(entry: Entry, default_stage: str, extra_stages: Sequence[str] =
         ("bool", "profile", False, "evaluate: also measure ms/image and memory."),
         ("bool", "export_attention", False, "evaluate: CSV of every attended box."),
         ("integer", "num_images", 8, "visualize: images to draw."),
+        ("string", "release_checkpoint", None, "evaluate / visualize / profile: the authors' "
+         "published weights of the --checkpoint_stage model (a checkpoint prefix, e.g. "
+         "weights/ckpt-1234, or its folder) instead of a trained stage."),
         ("integer", "eval_steps", None, "Evaluate at most this many batches."),
         ("integer", "save_every", 500, "Checkpoint every this many steps."),
     ]

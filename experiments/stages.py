@@ -18,7 +18,8 @@ import tnet_tf
 from experiments import class_names, run_config
 from experiments.recipes import Recipe
 from experiments.run_config import FlagError, RunConfig
-from tnet_tf import budget as budget_lib, checkpoints, evaluation, plots, profiling, tables, training
+from tnet_tf import (budget as budget_lib, checkpoints, evaluation, plots, profiling, release,
+                     tables, training)
 from tnet_tf.data import pipeline
 
 # Batches that re-estimate batch-norm statistics per level after training
@@ -267,20 +268,29 @@ def evaluate_baseline(config: RunConfig, model,
                       strategy: Optional[tf.distribute.Strategy] = None) -> List[dict]:
     """A trained baseline's test row; written to the stage's results on the
     chief only (every worker of a multi-worker run evaluates)."""
-    recipe = config.recipe
-    results = model.evaluate(eval_dataset(config, recipe.input_size, recipe), return_dict=True,
-                             verbose=2 if config.smoke else 1)
-    shape = (recipe.input_size, recipe.input_size, 3)
-    row = {"model": f"{model.config.backbone.name} {config.stage}",
-           "input_size": recipe.input_size, "locations": None, "total_locations": None,
-           "top1": 100.0 * results["top1"], "top5": 100.0 * results["top5"],
-           "gflops": profiling.count_flops_eq11(model, shape) / 1e9,
-           "params": model.count_params()}
+    row = baseline_row(config, model, config.stage)
     if strategy is not None and not strategy.extended.should_checkpoint:
         return [row]
     paths = tables.write_table([row], os.path.join(config.stage_dir(), "results"))
     print(open(paths["md"]).read())
     return [row]
+
+
+def baseline_row(config: RunConfig, model, label: str) -> dict:
+    """A baseline's accuracy, GFLOPs and parameters on the evaluated split."""
+    recipe = config.recipe
+    if model.compiled_loss is None:   # restored, not trained in this run
+        top5 = min(5, model.config.num_classes)
+        model.compile(metrics=[tf.keras.metrics.SparseCategoricalAccuracy("top1"),
+                               tf.keras.metrics.SparseTopKCategoricalAccuracy(top5, "top5")])
+    results = model.evaluate(eval_dataset(config, recipe.input_size, recipe), return_dict=True,
+                             verbose=2 if config.smoke else 1)
+    shape = (recipe.input_size, recipe.input_size, 3)
+    return {"model": f"{model.config.backbone.name} {label}",
+            "input_size": recipe.input_size, "locations": None, "total_locations": None,
+            "top1": 100.0 * results["top1"], "top5": 100.0 * results["top5"],
+            "gflops": profiling.count_flops_eq11(model, shape) / 1e9,
+            "params": model.count_params()}
 
 
 def trained_input_sizes(model_dir: str, tnet_stages) -> List[int]:
@@ -293,8 +303,30 @@ def trained_input_sizes(model_dir: str, tnet_stages) -> List[int]:
 
 def restore(config: RunConfig, stage: Optional[str] = None):
     """The trained model of `stage` (default: the checkpoint stage), rebuilt
-    from its saved config with its final weights, its recipe and its config."""
+    from its saved config with its final weights, its recipe and its config;
+    with --release_checkpoint, the checkpoint stage's model with those weights."""
+    if config.release_checkpoint:
+        return restore_release(config)
     return restore_stage(config.stage_dir(stage or config.checkpoint_stage))
+
+
+def restore_release(config: RunConfig):
+    """(model, recipe, model config): the checkpoint stage's TNet or baseline
+    (`config.model_config`, which `run_config.resolve` gave the release's
+    geometry) with the weights of the authors' release checkpoint."""
+    recipe = config.recipe
+    fields = {**config.model_config.to_dict(), "input_size": recipe.input_size}
+    model = release.load_model(config.release_checkpoint, recipe.preset, model=recipe.model,
+                               **fields)
+    metadata = ", ".join(f"{key} {value}" for key, value in model.release_metadata.items())
+    print(f"{config.checkpoint_stage}: the release weights of {config.release_checkpoint} "
+          f"({metadata})")
+    return model, recipe, model.config
+
+
+def label(config: RunConfig) -> str:
+    """The evaluated stage in result tables."""
+    return config.checkpoint_stage + (" (release weights)" if config.release_checkpoint else "")
 
 
 def restore_stage(folder: str, model: Optional[str] = None):
@@ -323,8 +355,11 @@ def evaluation_plan(config: RunConfig, model_config,
     stage ran at that reaches it. The sizes come from the stages' saved
     run.json; the run only chooses the budgets."""
     budgets = config.budgets or [tuple(b) for b in recipe.evaluation_budgets]
-    sizes = sorted({*trained_input_sizes(config.model_dir, config.entry.tnet_stages),
-                    recipe.input_size})
+    if config.release_checkpoint:   # the released TNet went through every TNet stage
+        trained = [config.entry.recipes[stage].input_size for stage in config.entry.tnet_stages]
+    else:
+        trained = trained_input_sizes(config.model_dir, config.entry.tnet_stages)
+    sizes = sorted({*trained, recipe.input_size})
     plan = []
     for locations in budgets:
         levels = budget_lib.levels_needed(locations)
@@ -359,7 +394,7 @@ def evaluate_mgnet(config: RunConfig, model, recipe: Recipe) -> List[dict]:
                                                                 recipe),
                                             recipe.glimpses, progress=print):
         kwargs = {"glimpses": row["glimpses"]}
-        row = {"model": f"MGNet {config.checkpoint_stage}", "input_size": recipe.input_size,
+        row = {"model": f"MGNet {label(config)}", "input_size": recipe.input_size,
                **row, "gflops": profiling.count_flops_eq11(model, shape, **kwargs) / 1e9,
                "params": model.count_params()}
         if config.profile:
@@ -376,6 +411,8 @@ def evaluate(config: RunConfig) -> List[dict]:
     folder = config.stage_dir()
     if recipe.model == "mgnet":
         return _write_results(config, evaluate_mgnet(config, model, recipe))
+    if recipe.model == "baseline":
+        return _write_results(config, [baseline_row(config, model, label(config))])
     attention = (evaluation.AttentionCsv(os.path.join(folder, "attention.csv"))
                  if config.export_attention else None)
     rows = []
@@ -385,7 +422,7 @@ def evaluate(config: RunConfig) -> List[dict]:
                                                progress=print):
             shape = (size, size, 3)
             flops = profiling.count_flops_eq11(model, shape, locations=row["locations"])
-            row = {"model": f"TNet {config.checkpoint_stage}", "input_size": size, **row,
+            row = {"model": f"TNet {label(config)}", "input_size": size, **row,
                    "gflops": flops / 1e9, "params": model.count_params()}
             if config.profile:
                 kwargs = {"locations": row["locations"]}
@@ -413,7 +450,8 @@ def profile(config: RunConfig) -> dict:
     """Parameters, FLOPs, time and memory of the checkpoint stage's model (as
     its recipe builds it), plus a profiler trace; returns the profile row."""
     recipe, folder = config.recipe, config.stage_dir()
-    model = build_model(recipe, config.model_config)
+    model = (restore_release(config)[0] if config.release_checkpoint
+             else build_model(recipe, config.model_config))
     shape = (recipe.input_size, recipe.input_size, 3)
     kwargs = call_kwargs(recipe)
     row = profiling.ProfileRow(recipe.model, recipe.input_size,

@@ -9,6 +9,14 @@ import tensorflow as tf  # noqa: E402
 
 import tnet_tf  # noqa: E402
 
+# The authors' release-format checkpoints and outputs (../shared beside the repository).
+RELEASE_FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
+                                "release_fixtures")
+needs_release_fixtures = pytest.mark.skipif(
+    not os.path.isdir(RELEASE_FIXTURES),
+    reason=f"the release fixtures are not in {os.path.abspath(RELEASE_FIXTURES)} (../shared "
+           f"beside the repository; CI has them)")
+
 
 def random_batch(count=8, size=64, seed=0):
     """Images [count, size, size, 3] in [-1, 1] and labels [count] of 5 classes."""

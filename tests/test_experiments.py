@@ -5,6 +5,7 @@ Stages are functions of a `RunConfig`, so most runs here are in-process
 (`run_config.resolve` builds the config without flags); the command line
 itself is checked in subprocesses, as a user would start it.
 """
+import csv
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ import tensorflow as tf
 
 from data_prep import digits
 from experiments import run_config, stages
+from conftest import RELEASE_FIXTURES, needs_release_fixtures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -273,3 +275,92 @@ def test_digits_quick_demo_runs_end_to_end_and_resumes(tmp_path):
     # Data of another size in the same folder is a clear error.
     error = error_line(run("digits", *tiny[:2], "--train_size=48", check=False))
     assert "--train_size:" in error and "holds 32 train canvases, not 48" in error
+
+
+def test_release_checkpoint_settings_are_checked_naming_the_flag(data_dir, tmp_path):
+    from experiments.digits import ENTRY as DIGITS
+    from experiments.fmow import ENTRY as FMOW
+
+    weights = os.path.join(RELEASE_FIXTURES, "fmow_tnet")
+    cases = [
+        (FMOW, "evaluate", {"release_checkpoint": "/no/such/ckpt-1"},
+         "--release_checkpoint: release checkpoint not found: /no/such/ckpt-1"),
+        (FMOW, "train_448", {"release_checkpoint": weights},
+         "--release_checkpoint: is read by --stage=evaluate, visualize or profile"),
+        (DIGITS, "evaluate", {"release_checkpoint": weights, "checkpoint_stage": "mgnet_256"},
+         "--release_checkpoint: mgnet_256 is an MGNet stage"),
+        (FMOW, "visualize", {"release_checkpoint": weights, "checkpoint_stage": "baseline_224"},
+         "--checkpoint_stage: baseline_224 is a baseline; visualize draws"),
+    ]
+    for entry, stage, options, message in cases:
+        config = run_config.resolve(entry, stage, str(tmp_path), data_dir=data_dir, **options)
+        with pytest.raises(run_config.FlagError) as error:
+            run_config.validate(config)
+        assert message in str(error.value)
+
+
+@pytest.mark.slow
+@needs_release_fixtures
+def test_evaluate_from_release_weights_gives_the_release_models_accuracy(tmp_path):
+    # fMoW test shards of the fixture images, labelled with the release TNet's own
+    # predictions at 448 px [2]: --stage=evaluate --release_checkpoint must score 100 %
+    # there, and at 896 px [2, 1] (and for the baseline) the accuracy that
+    # release.load_model's predictions on the same pipeline images give.
+    from experiments.fmow import ENTRY
+    from tnet_tf import release
+    from tnet_tf.data import pipeline, schema
+
+    cases = np.load(os.path.join(RELEASE_FIXTURES, "fmow_cases.npz"))
+    data = tmp_path / "data"
+    data.mkdir()
+
+    def write(labels):
+        with tf.io.TFRecordWriter(str(data / schema.shard_name("test", 0, 1))) as writer:
+            for i, image in enumerate(cases["images_448"]):
+                jpeg = tf.io.encode_jpeg(image, quality=95).numpy()
+                writer.write(schema.encode_example(jpeg, 448, 448, int(labels[i]), "c",
+                                                   f"{i}.jpg"))
+
+    def images(size):
+        config = pipeline.input_config_for("fmow", file_pattern=str(data / "test-*"),
+                                           image_size=size, batch_size=3, training=False)
+        return next(iter(pipeline.make_dataset(config)))[0]
+
+    write([0, 0, 0])
+    tnet = release.load_model(os.path.join(RELEASE_FIXTURES, "fmow_tnet"), "fmow")
+    outputs = {"2": tnet(images(448), locations=[2]), "2,1": tnet(images(896), locations=[2, 1])}
+    labels = np.argmax(outputs["2"]["logits"], 1)
+    at_896 = np.argmax(outputs["2,1"]["logits"], 1)
+    baseline = release.load_model(os.path.join(RELEASE_FIXTURES, "fmow_baseline"), "fmow",
+                                  model="baseline")
+    at_224 = np.argmax(baseline(images(224)), 1)
+    write(labels)
+
+    def evaluate(**options):
+        tf.keras.backend.clear_session()
+        return stages.run(run_config.resolve(ENTRY, "evaluate", str(tmp_path / "run"),
+                                             data_dir=str(data), **options))
+
+    rows = evaluate(release_checkpoint=os.path.join(RELEASE_FIXTURES, "fmow_tnet"),
+                    budgets=((2,), (2, 1)), export_attention=True)
+    assert [(r["input_size"], r["locations"]) for r in rows] == [(448, [2]), (896, [2, 1])]
+    assert rows[0]["top1"] == 100.0
+    assert rows[1]["top1"] == pytest.approx(100.0 * np.mean(at_896 == labels))
+    assert rows[0]["model"] == "TNet finetune_896 (release weights)"
+    # The attended cells and their probabilities are the release model's.
+    with open(tmp_path / "run" / "evaluate" / "attention.csv") as handle:
+        lines = list(csv.DictReader(handle))
+    for budget, output in outputs.items():
+        attended = [line for line in lines if line["locations"] == budget]
+        cells = output["cells"].numpy()
+        probabilities = np.exp(output["location_log_probs"].numpy())
+        assert len(attended) == cells.size
+        for line in attended:
+            image, feature = int(line["image"]), int(line["feature"])
+            assert int(line["cell"]) == cells[image, feature - 1]
+            assert float(line["probability"]) == pytest.approx(
+                probabilities[image, feature - 1], abs=1e-5)
+    [row] = evaluate(release_checkpoint=os.path.join(RELEASE_FIXTURES, "fmow_baseline"),
+                     checkpoint_stage="baseline_224")
+    assert row["top1"] == pytest.approx(100.0 * np.mean(at_224 == labels))
+    assert row["input_size"] == 224 and row["gflops"] == pytest.approx(0.39, abs=0.01)

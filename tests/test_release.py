@@ -11,11 +11,9 @@ import tensorflow as tf
 import tnet_tf
 from tnet_tf import release
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "release_fixtures")
-pytestmark = pytest.mark.skipif(
-    not os.path.isdir(FIXTURES),
-    reason=f"the release fixtures are not in {os.path.abspath(FIXTURES)} (../shared beside "
-           f"the repository; CI has them)")
+from conftest import RELEASE_FIXTURES as FIXTURES, needs_release_fixtures
+
+pytestmark = needs_release_fixtures
 
 
 @pytest.fixture(scope="module")
