@@ -139,7 +139,10 @@ def resolve(entry: Entry, stage: str, model_dir: str, *,
     except ValueError as error:
         raise FlagError("stage", f"invalid model for {recipe_stage}: {error}") from None
     if options.get("release_checkpoint") and recipe.model != "mgnet":
-        config = release_model_config(config)
+        try:
+            config = release_model_config(config, recipe.model)
+        except ValueError as error:
+            raise FlagError("release_checkpoint", str(error)) from None
     return RunConfig(entry=entry, stage=stage, recipe=recipe, model_config=config,
                      model_dir=model_dir, **options)
 
@@ -179,13 +182,14 @@ def model_config(recipe: Recipe, smoke: bool = False):
     return tnet_tf.MGNetConfig.from_tnet(config, glimpses=recipe.glimpses, **mgnet_overrides)
 
 
-def release_model_config(config):
+def release_model_config(config, recipe_model: str):
     """A model config as the authors' published weights need it: the release's
     geometry (`tnet_tf.release.release_fields`), no pretrained download."""
     from tnet_tf import release
 
-    backbone = dataclasses.replace(config.backbone, pretrained=None)
-    return dataclasses.replace(config, backbone=backbone, **release.release_fields(config))
+    config = release.release_config(config) if recipe_model == "tnet" else config
+    return dataclasses.replace(config, backbone=dataclasses.replace(config.backbone,
+                                                                    pretrained=None))
 
 
 def validate(run: RunConfig) -> RunConfig:

@@ -167,3 +167,44 @@ def test_errors_name_the_key_or_the_file(tmp_path):
     tnet = os.path.join(FIXTURES, "fmow_tnet")
     with pytest.raises(ValueError, match="feature_posBurn/linear/bias .* matches no variable of the fmow baseline"):
         release.load_model(tnet, "fmow", model="baseline")
+
+
+def test_fine_grained_tnet_follows_the_release_models_and_round_trips(tmp_path):
+    # CUB / NABirds TNet-B2 as the release's models_cub.py builds it: the location module
+    # reads block 3b's 28 x 28 map at pixels 5, 9, ..., 21 and is as wide as that map
+    # (48), the code is a quarter of the 1408-d feature, the feature weighting has its
+    # squeeze-excitation (1408 / 4) and output layers.
+    config = release.release_config(tnet_tf.get_preset("cub", backbone="efficientnet-b2"))
+    assert (config.backbone.location_layer, config.grid_indices) == ("block3b_add",
+                                                                     (5, 9, 13, 17, 21))
+    model = tnet_tf.TNet(config)
+    x = tf.random.stateless_uniform([1, 448, 448, 3], [5, 6], -1.0, 1.0)
+    model(x, locations=[3], training=False)
+    assert model.backbone.outputs[0].shape[1:3] == (28, 28)
+    release.release_input(model.backbone)
+    for variable in model.trainable_variables:
+        variable.assign(variable + tf.random.stateless_normal(variable.shape, [7, 8]) * 0.01)
+    shapes = {name: variable.shape.as_list()
+              for name, variable in release.release_names(model).items()}
+    expected = {
+        "location_prediction/init/conv2d/kernel": [1, 1, 48, 48],
+        "location_prediction/se/conv2d_1/kernel": [1, 1, 48, 24],
+        "location_prediction/final/conv2d/kernel": [1, 1, 50, 48],     # + 2 coordinates
+        "feature_posBurn/linear/kernel": [352, 1408],
+        "feat_weighting/se/dense_1/kernel": [1408, 352],
+        "feat_weighting/se/dense_2/bias": [1408],
+        "feat_weighting/output_linear/kernel": [1408, 1],
+        "feature_extraction/logits_layer/linear/kernel": [1408, 200],
+        "feature_extraction/part4_block3/depthwise/conv2d/depthwise_kernel": [5, 5, 288, 1],
+    }
+    assert {name: shapes[name] for name in expected} == expected
+    prefix = release.save_checkpoint(model, str(tmp_path / "ckpt-3"))
+    loaded = release.load_model(prefix, "cub", backbone="efficientnet-b2")
+    assert loaded.config == config
+    np.testing.assert_array_equal(model(x, locations=[3])["logits"],
+                                  loaded(x, locations=[3])["logits"])
+    # B0 reads block 4a's 14 x 14 map (80 channels) at pixels 2, 4, ..., 10.
+    fields = release.release_fields(tnet_tf.get_preset("nabirds"))
+    assert (fields["backbone"], fields["grid_indices"], fields["location_width"],
+            fields["code_size"]) == ({"location_layer": "block4a_project_bn"},
+                                     (2, 4, 6, 8, 10), 80, 320)

@@ -21,6 +21,7 @@ whole pixels, the overhang zero-padded).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import Dict, Optional
@@ -34,9 +35,20 @@ from tnet_tf.training import Classifier, TNet
 SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 IGNORED = ("iter", "baseline_var", "save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH")
 # The feature-map rows / columns the release's location module reads: on
-# EfficientNet's 14 x 14 stage-4 map at 224 px (ours by receptive field:
-# 3, 6, 10) and on BagNet-77's 9 x 9 map at 77 px.
-RELEASE_GRID_INDICES = {"efficientnet": (2, 6, 10), "bagnet77": (0, 2, 4, 6, 8)}
+# BagNet-77's 9 x 9 map at 77 px, and (fMoW, 3 x 3 grid) on EfficientNet-B0's
+# 14 x 14 block-4c map at 224 px (ours by receptive field: 3, 6, 10).
+RELEASE_GRID_INDICES = {"bagnet77": (0, 2, 4, 6, 8), "efficientnet": (2, 6, 10)}
+# CUB / NABirds (5 x 5 grid), as the release's models_cub.py / models_nab.py: the
+# layer whose map the location module reads, its pixels and its channels (the
+# module's width; its squeeze-excitation half of it). B0 reads block 4a's 14 x 14
+# map, B1-B4 block 3b's 28 x 28 map.
+RELEASE_FINE_GRAINED_LOCATION = {
+    "efficientnet-b0": ("block4a_project_bn", (2, 4, 6, 8, 10), 80),
+    **{f"efficientnet-b{i}": ("block3b_add", (5, 9, 13, 17, 21), width)
+       for i, width in ((1, 40), (2, 48), (3, 48), (4, 56))}}
+# The release's positional code is a quarter of the feature width (pos_dim_divisor 4).
+FEATURE_WIDTH = {"efficientnet-b0": 1280, "efficientnet-b1": 1280, "efficientnet-b2": 1408,
+                 "efficientnet-b3": 1536, "efficientnet-b4": 1792}
 # BagNet-77's ConvBlocks grouped as the release's parts 2-5 (our block1..block16).
 BAGNET_PARTS = (3, 4, 6, 3)
 # The location modules' hidden kernels, whose coordinate channels are swapped.
@@ -59,10 +71,27 @@ def swap_coordinates(kernel: np.ndarray) -> np.ndarray:
 
 
 def release_fields(config: config_lib.TNetConfig) -> dict:
-    """The config fields that make a TNet compute what the release computes."""
-    family = "bagnet77" if config.backbone.name == "bagnet77" else "efficientnet"
-    return {"code_variant": "release", "grid_indices": RELEASE_GRID_INDICES[family],
-            "integer_grid": True}
+    """The config fields that make a TNet of `config`'s backbone and grid
+    compute what the release computes ("backbone": BackboneConfig fields)."""
+    fields = {"code_variant": "release", "integer_grid": True}
+    name = config.backbone.name
+    if name == "bagnet77" or config.grid_size == 3:
+        family = "bagnet77" if name == "bagnet77" else "efficientnet"
+        return {**fields, "grid_indices": RELEASE_GRID_INDICES[family]}
+    if name not in RELEASE_FINE_GRAINED_LOCATION:
+        raise ValueError(f"the release has no {config.grid_size} x {config.grid_size} TNet "
+                         f"with a {name} backbone")
+    layer, indices, width = RELEASE_FINE_GRAINED_LOCATION[name]
+    return {**fields, "grid_indices": indices, "location_width": width,
+            "location_se_width": width // 2, "code_size": FEATURE_WIDTH[name] // 4,
+            "backbone": {"location_layer": layer}}
+
+
+def release_config(config: config_lib.TNetConfig) -> config_lib.TNetConfig:
+    """`config` with the release's fields (`release_fields`)."""
+    fields = release_fields(config)
+    backbone = dataclasses.replace(config.backbone, **fields.pop("backbone", {}))
+    return dataclasses.replace(config, backbone=backbone, **fields)
 
 
 # ----------------------------------------------------------------------------
@@ -116,6 +145,10 @@ def release_names(model) -> Dict[str, tf.Variable]:
     add("feature_extraction/logits_layer/linear", model.classifier.dense)
     if isinstance(model, TNet):
         add("feature_posBurn/linear", model.positional_encoding.dense)
+        if model.feature_weighting is not None:                    # CUB / NABirds
+            add("feat_weighting/se/dense_1", model.feature_weighting.se_reduce)
+            add("feat_weighting/se/dense_2", model.feature_weighting.se_expand)
+            add("feat_weighting/output_linear", model.feature_weighting.score)
         module = model.location_module
         if module.variant == "squeeze_excitation":
             prefix = "location_prediction"
@@ -170,8 +203,10 @@ def load_model(checkpoint: str, preset: str, model: str = "tnet",
     prefix = checkpoint_prefix(checkpoint)
     config = config_lib.get_preset(preset, **overrides)
     size = int(input_size or (config.input_size if model == "tnet" else config.base_resolution))
-    config = config_lib.get_preset(preset, **{**release_fields(config), "input_size": size,
-                                              **overrides})
+    fields = release_fields(config) if model == "tnet" else {}
+    backbone = {**fields.pop("backbone", {}), **_as_dict(overrides.get("backbone", {}))}
+    config = config_lib.get_preset(preset, **{**fields, "input_size": size, **overrides,
+                                              "backbone": backbone})
     if model == "tnet":
         built = TNet(config)
         built(tf.zeros([1, size, size, 3]), locations=[1], training=False)
@@ -203,6 +238,13 @@ def load_model(checkpoint: str, preset: str, model: str = "tnet",
     built.release_metadata = {name: reader.get_tensor(name + SUFFIX).item()
                               for name in ("iter", "baseline_var") if name + SUFFIX in shapes}
     return built
+
+
+def _as_dict(backbone) -> dict:
+    """A backbone override (a name, a dict or a BackboneConfig) as a dict of fields."""
+    if isinstance(backbone, str):
+        return {"name": backbone}
+    return dataclasses.asdict(backbone) if dataclasses.is_dataclass(backbone) else dict(backbone)
 
 
 def _input_normalization(backbone):
