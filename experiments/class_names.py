@@ -48,7 +48,12 @@ def load(folder: str, num_classes: int) -> List[str]:
         with open(path) as handle:
             return json.load(handle)
     with open(os.path.join(folder, "run.json")) as handle:
-        dataset = json.load(handle).get("dataset")
+        return for_dataset(json.load(handle).get("dataset"), num_classes)
+
+
+def for_dataset(dataset: Optional[str], num_classes: int) -> List[str]:
+    """A dataset's fixed class names (fMoW's 62 categories, the digits), else
+    "class <index>"."""
     from data_prep import digits, fmow
     known = {"fmow": fmow.CLASSES, "digits": digits.CLASS_NAMES}.get(dataset)
     if known is not None and len(known) == num_classes:

@@ -3,6 +3,8 @@
     python -m experiments.export --model_dir=runs/fmow/finetune_896 --export_dir=export/fmow
     python -m experiments.export --model_dir=runs/digits/finetune_256 \
         --export_dir=export/digits --budgets='2;2,1;2,2'
+    python -m experiments.export --release_checkpoint=weights/fmow_tnet --dataset=fmow \
+        --export_dir=export/fmow_release       # the authors' published TNet
 
 The SavedModel loads with `tf.saved_model.load` alone (no tnet_tf) and
 serves two signatures, documented in `tnet_tf/serving.py`:
@@ -16,9 +18,11 @@ evaluation budgets its input size reaches); an empty one is the stage's.
 from __future__ import annotations
 
 import sys
+from typing import Optional
 
 from absl import app, flags
 
+from experiments import predict
 from experiments.run_config import FlagError
 
 FLAGS = flags.FLAGS
@@ -26,18 +30,22 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     flags.DEFINE_string("model_dir", None, "A trained TNet stage: RUN/STAGE (holds run.json).")
+    predict.define_release_flags()
     flags.DEFINE_string("export_dir", None, "Where the SavedModel goes.")
     flags.DEFINE_string("budgets", None, "Budgets to serve, e.g. '2;2,1'; default: the "
                         "stage's and its evaluation budgets that its input size reaches.")
     flags.DEFINE_integer("input_size", None, "Model input size in px; default: the stage's.")
 
 
-def export_stage(model_dir: str, export_dir: str, budgets=None, input_size=None) -> dict:
-    """Exports the stage; returns what was exported (budgets, default, size)."""
+def export_stage(model_dir: Optional[str], export_dir: str, budgets=None, input_size=None,
+                 **release) -> dict:
+    """Exports the stage (with `release`, the authors' published TNet:
+    `stages.restore_tnet`'s release_checkpoint, dataset and backbone); returns
+    what was exported (budgets, default, size)."""
     import tensorflow as tf
-    from experiments import class_names, stages
+    from experiments import stages
     from tnet_tf import budget as budget_lib, serving
-    model, recipe, config = stages.restore_stage(model_dir, model="tnet")
+    model, recipe, config, names = stages.restore_tnet(model_dir, **release)
     size = int(input_size or recipe.input_size)
     reach = budget_lib.reachable_levels(size, config.base_resolution, config.cell_fraction)
     default = budget_lib.fit(recipe.locations, reach)
@@ -51,7 +59,6 @@ def export_stage(model_dir: str, export_dir: str, budgets=None, input_size=None)
         except ValueError as error:
             raise FlagError("budgets", str(error)) from None
     model(tf.zeros([1, size, size, 3]), locations=list(default), training=False)   # build
-    names = class_names.load(model_dir, config.num_classes)
     signatures = serving.export(model, export_dir, budgets, default, names, size)
     return {"signatures": signatures, "budgets": sorted({tuple(b) for b in budgets} | {default}),
             "default": default, "input_size": size, "classes": len(names)}
@@ -62,19 +69,20 @@ def main(argv):
         sys.exit(f"error: unexpected arguments {' '.join(argv[1:])}")
     from tnet_tf import budget as budget_lib
     try:
-        for name in ("model_dir", "export_dir"):
-            if not getattr(FLAGS, name):
-                raise FlagError(name, "is required")
+        if not FLAGS.export_dir:
+            raise FlagError("export_dir", "is required")
         budgets = None
         if FLAGS.budgets:
             try:
                 budgets = [budget_lib.parse(part) for part in FLAGS.budgets.split(";")]
             except ValueError as error:
                 raise FlagError("budgets", str(error)) from None
-        exported = export_stage(FLAGS.model_dir, FLAGS.export_dir, budgets, FLAGS.input_size)
+        exported = export_stage(FLAGS.model_dir, FLAGS.export_dir, budgets, FLAGS.input_size,
+                                **predict.release_options())
     except (FlagError, ValueError) as error:
         sys.exit(f"error: {error}")
-    print(f"exported {FLAGS.model_dir} to {FLAGS.export_dir}: signatures "
+    source = FLAGS.model_dir or FLAGS.release_checkpoint
+    print(f"exported {source} to {FLAGS.export_dir}: signatures "
           f"{', '.join(exported['signatures'])}; {exported['input_size']} px input; budgets "
           f"{', '.join(str(list(b)) for b in exported['budgets'])} (default "
           f"{list(exported['default'])}); {exported['classes']} class names")

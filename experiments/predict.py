@@ -6,7 +6,8 @@
         --images='photos/*.jpg' --locations=2,1 --output_dir=runs/predict
 
 --model_dir is one trained stage (the folder holding its run.json and
-final/). --images is a file, a folder (its JPEG, PNG, GIF and BMP files, in
+final/); instead, --release_checkpoint=weights/fmow_tnet --dataset=fmow
+classifies with the authors' published TNet (CUB / NABirds: --backbone=b0..b4). --images is a file, a folder (its JPEG, PNG, GIF and BMP files, in
 sub-folders too) or a glob. Files of any size and aspect ratio, grayscale,
 RGBA and CMYK included, are resized as the stage's evaluation resizes them
 (the whole image to --input_size, default the stage's). The budget
@@ -44,6 +45,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     flags.DEFINE_string("model_dir", None, "A trained TNet stage: RUN/STAGE (holds run.json).")
+    define_release_flags()
     flags.DEFINE_string("images", None, "An image file, a folder of images or a glob.")
     flags.DEFINE_string("locations", None, "Budget, e.g. '2' or '2,1'; default: the stage's.")
     flags.DEFINE_integer("input_size", None, "Model input size in px; default: the stage's.")
@@ -52,6 +54,21 @@ def define_flags() -> None:
                          "classes).")
     flags.DEFINE_bool("figures", False, "Also draw the attended boxes on each image.")
     flags.DEFINE_bool("strict", False, "Exit with 1 when a file could not be read.")
+
+
+def define_release_flags() -> None:
+    """The flags that serve the authors' published TNet instead of a trained stage."""
+    flags.DEFINE_string("release_checkpoint", None, "Instead of --model_dir: the authors' "
+                        "published TNet of --dataset (a checkpoint prefix or its folder).")
+    flags.DEFINE_enum("dataset", None, ["fmow", "imagenet", "cub", "nabirds"],
+                      "The dataset of --release_checkpoint (its recipe builds the model).")
+    flags.DEFINE_string("backbone", None, "CUB / NABirds --release_checkpoint: b0..b4.")
+
+
+def release_options() -> dict:
+    """The release flags' values, as `stages.restore_tnet` takes them."""
+    return {"release_checkpoint": FLAGS.release_checkpoint, "dataset": FLAGS.dataset,
+            "backbone": FLAGS.backbone}
 
 
 def list_images(spec: str) -> List[str]:
@@ -75,14 +92,16 @@ def to_pixels(boxes, width: int, height: int) -> List[List[float]]:
 
 
 class Predictor:
-    """A trained stage, ready to classify files one by one."""
+    """A trained stage (or, with `release`, the authors' published TNet:
+    `stages.restore_tnet`'s release_checkpoint, dataset and backbone), ready
+    to classify files one by one."""
 
-    def __init__(self, model_dir: str, locations: Optional[Sequence[int]] = None,
-                 input_size: Optional[int] = None, top_k: int = 5):
-        from experiments import class_names, stages
+    def __init__(self, model_dir: Optional[str], locations: Optional[Sequence[int]] = None,
+                 input_size: Optional[int] = None, top_k: int = 5, **release):
+        from experiments import stages
         from tnet_tf import budget
-        self.model, recipe, self.config = stages.restore_stage(model_dir, model="tnet")
-        self.class_names = class_names.load(model_dir, self.config.num_classes)
+        self.model, recipe, self.config, self.class_names = stages.restore_tnet(model_dir,
+                                                                                **release)
         self.input_size = int(input_size or recipe.input_size)
         if self.input_size < self.config.base_resolution:
             raise FlagError("input_size", f"{self.input_size} px is below the model's "
@@ -201,7 +220,7 @@ def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {' '.join(argv[1:])}")
     try:
-        for name in ("model_dir", "images", "output_dir"):
+        for name in ("images", "output_dir"):
             if not getattr(FLAGS, name):
                 raise FlagError(name, "is required")
         from tnet_tf import budget
@@ -212,7 +231,8 @@ def main(argv):
             except ValueError as error:
                 raise FlagError("locations", str(error)) from None
         files = list_images(FLAGS.images)
-        predictor = Predictor(FLAGS.model_dir, locations, FLAGS.input_size, FLAGS.top_k)
+        predictor = Predictor(FLAGS.model_dir, locations, FLAGS.input_size, FLAGS.top_k,
+                              **release_options())
     except (FlagError, ValueError) as error:
         sys.exit(f"error: {error}")
     print(f"{len(files)} file(s), locations {list(predictor.locations)} at "

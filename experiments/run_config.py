@@ -231,7 +231,7 @@ def validate(run: RunConfig) -> RunConfig:
             raise FlagError("checkpoint_stage", f"{stage} is a baseline; visualize draws the "
                             f"attention of a TNet or MGNet stage")
         if run.release_checkpoint:
-            return _validate_release(run)
+            return check_release(run)
         if run.stage != "profile" and not os.path.exists(run.final_checkpoint(stage) +
                                                          "/checkpoint"):
             raise FlagError("checkpoint_stage", f"no final checkpoint of {stage} in "
@@ -260,7 +260,8 @@ def validate(run: RunConfig) -> RunConfig:
     return run
 
 
-def _validate_release(run: RunConfig) -> RunConfig:
+def check_release(run: RunConfig) -> RunConfig:
+    """Checks a run that reads the authors' published weights; raises FlagError."""
     from tnet_tf import release
 
     if run.recipe.model == "mgnet":
@@ -274,6 +275,15 @@ def _validate_release(run: RunConfig) -> RunConfig:
     except FileNotFoundError as error:
         raise FlagError("release_checkpoint", str(error)) from None
     return run
+
+
+def backbone_name(text: str) -> str:
+    """A backbone flag's value (e.g. "b3" or "efficientnet-b3") as its full name."""
+    from tnet_tf.config import BACKBONES
+    name = text if text in BACKBONES else f"efficientnet-{text}"
+    if name not in BACKBONES:
+        raise FlagError("backbone", f"{text!r} is not one of b0..b4 or {', '.join(BACKBONES)}")
+    return name
 
 
 def init_source(run: RunConfig) -> Optional[str]:

@@ -16,7 +16,8 @@ from absl import app, flags
 
 from experiments import stages
 from experiments.recipes import CACHES, SCHEDULES, Recipe
-from experiments.run_config import PRECISIONS, STRATEGIES, TOOL_STAGES, Entry, FlagError, RunConfig, resolve
+from experiments.run_config import (PRECISIONS, STRATEGIES, TOOL_STAGES, Entry, FlagError,
+                                    RunConfig, backbone_name, resolve)
 
 FLAGS = flags.FLAGS
 __all__ = ["Entry", "FlagError", "define_flags", "main_for", "read_flags", "run", "start"]
@@ -131,14 +132,6 @@ def _budget(text: str, flag: str):
         raise FlagError(flag, str(error)) from None
 
 
-def _backbone_name(text: str) -> str:
-    from tnet_tf.config import BACKBONES
-    name = text if text in BACKBONES else f"efficientnet-{text}"
-    if name not in BACKBONES:
-        raise FlagError("backbone", f"{text!r} is not one of b0..b4 or {', '.join(BACKBONES)}")
-    return name
-
-
 def read_flags(entry: Entry, stage: Optional[str] = None, flag_values=FLAGS) -> RunConfig:
     """The run that the flags ask for (`stage` overrides --stage); raises
     FlagError naming the bad flag."""
@@ -150,7 +143,7 @@ def read_flags(entry: Entry, stage: Optional[str] = None, flag_values=FLAGS) -> 
     model_overrides = {}
     for name, path in MODEL_FLAGS.items():
         if values[name] is not None:
-            value = _backbone_name(values[name]) if name == "backbone" else values[name]
+            value = backbone_name(values[name]) if name == "backbone" else values[name]
             if "." in path:
                 model_overrides.setdefault("backbone", {})[path.split(".")[1]] = value
             else:

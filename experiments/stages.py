@@ -7,6 +7,7 @@ in-process."""
 from __future__ import annotations
 
 import glob
+import importlib
 import json
 import os
 import time
@@ -322,6 +323,32 @@ def restore_release(config: RunConfig):
     print(f"{config.checkpoint_stage}: the release weights of {config.release_checkpoint} "
           f"({metadata})")
     return model, recipe, model.config
+
+
+# The datasets whose TNet the authors published (experiments.<dataset>.ENTRY).
+RELEASE_DATASETS = ("fmow", "imagenet", "cub", "nabirds")
+
+
+def restore_tnet(model_dir: Optional[str] = None, release_checkpoint: Optional[str] = None,
+                 dataset: Optional[str] = None, backbone: Optional[str] = None):
+    """(model, recipe, model config, class names) of the trained TNet stage in
+    `model_dir`, or of the authors' published TNet of `dataset` read from
+    `release_checkpoint` (`backbone`: CUB / NABirds TNet-B1..B4); FlagError
+    naming the bad flag (predict and export serve either)."""
+    if release_checkpoint is None:
+        if not model_dir:
+            raise FlagError("model_dir", "is required (or --release_checkpoint and --dataset)")
+        model, recipe, config = restore_stage(model_dir, model="tnet")
+        return model, recipe, config, class_names.load(model_dir, config.num_classes)
+    if dataset not in RELEASE_DATASETS:
+        raise FlagError("dataset", f"{dataset!r}: --release_checkpoint needs the dataset of the "
+                        f"published TNet, one of {', '.join(RELEASE_DATASETS)}")
+    entry = importlib.import_module(f"experiments.{dataset}").ENTRY
+    overrides = {"backbone": {"name": run_config.backbone_name(backbone)}} if backbone else {}
+    run = run_config.check_release(run_config.resolve(
+        entry, "evaluate", "", release_checkpoint=release_checkpoint, model_overrides=overrides))
+    model, recipe, config = restore_release(run)
+    return model, recipe, config, class_names.for_dataset(dataset, config.num_classes)
 
 
 def label(config: RunConfig) -> str:

@@ -12,8 +12,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from data_prep import fmow
 from experiments import export, predict, run_config, stages
 from tnet_tf import budget, serving
+from conftest import RELEASE_FIXTURES, needs_release_fixtures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -197,6 +199,7 @@ np.savez(output, **results)
 """
 
 
+@pytest.mark.slow     # about 140 s on 2 cores: every budget's signature is traced and saved
 def test_exported_savedmodel_serves_what_the_keras_model_computes(stage_dir, tmp_path):
     export_dir = str(tmp_path / "export")
     exported = export.export_stage(stage_dir, export_dir, budgets=[(2,), (2, 1)])
@@ -249,3 +252,38 @@ def test_exported_savedmodel_serves_what_the_keras_model_computes(stage_dir, tmp
                                            outputs["logits"].numpy(), atol=1e-5)
                 np.testing.assert_allclose(served[f"{name}/{key}/boxes_level_3"],
                                            outputs["boxes"][2].numpy(), atol=1e-6)
+
+
+@needs_release_fixtures
+def test_predict_with_the_published_weights_gives_the_release_outputs(tmp_path):
+    # A lossless fixture image through experiments.predict with the authors' fMoW TNet:
+    # the release's own prediction, probabilities and attended cells at 448 px [2].
+    cases = np.load(os.path.join(RELEASE_FIXTURES, "fmow_cases.npz"))
+    buffer = io.BytesIO()
+    Image.fromarray(cases["images_448"][1]).save(buffer, format="PNG")
+    predictor = predict.Predictor(None, [2], input_size=448, top_k=3,
+                                  release_checkpoint=os.path.join(RELEASE_FIXTURES, "fmow_tnet"),
+                                  dataset="fmow")
+    record, _, _ = predictor(buffer.getvalue())
+    probabilities = tf.nn.softmax(cases["logits_448_2"][1]).numpy()
+    top = np.argsort(-probabilities)[:3]
+    assert [entry["class"] for entry in record["top"]] == list(top)
+    np.testing.assert_allclose([entry["probability"] for entry in record["top"]],
+                               probabilities[top], atol=1e-4)
+    assert record["top"][0]["name"] == fmow.CLASSES[top[0]]
+    cells = geometry_cells(record["levels"][1]["boxes"], 448)
+    assert sorted(cells) == sorted(np.flatnonzero(cases["attended_448_2"][1]))
+    with pytest.raises(run_config.FlagError, match="--model_dir: is required"):
+        predict.Predictor(None)
+    with pytest.raises(run_config.FlagError, match="--dataset: None: --release_checkpoint"):
+        predict.Predictor(None, release_checkpoint=os.path.join(RELEASE_FIXTURES, "fmow_tnet"))
+    with pytest.raises(run_config.FlagError, match="--release_checkpoint: release checkpoint "
+                                                   "not found: /no/ckpt-1"):
+        export.export_stage(None, str(tmp_path / "export"), release_checkpoint="/no/ckpt-1",
+                            dataset="fmow")
+
+
+def geometry_cells(boxes, size):
+    """Row-major 3 x 3 cell indices of level-2 boxes [left, top, right, bottom] px."""
+    return [int(round(top / (size / 4))) * 3 + int(round(left / (size / 4)))
+            for left, top, _, _ in boxes]
