@@ -203,6 +203,15 @@ def test_integer_grid_by_hand(size, grid_size, fraction, expected):
                                   np.array(expected)[:, None].repeat(2, 1))
 
 
+def test_integer_grid_of_a_number_is_numpy_and_equals_the_tensor_version():
+    for size in (224, 225, 310, 448, 897):
+        numbers = geometry.integer_grid(np.array([size, size + 1]), 5, 0.35)
+        tensors = geometry.integer_grid(tf.constant([size, size + 1]), 5, 0.35)
+        for number, tensor in zip(numbers, tensors):
+            assert isinstance(number, np.ndarray)
+            np.testing.assert_array_equal(number, tensor.numpy())
+
+
 def test_integer_grid_rounds_half_to_even_like_numpy():
     # 0.5 * 225 = 112.5 -> 112 (numpy's and the release's rounding), not 113.
     cell, stride, pad = (v.numpy() for v in geometry.integer_grid(tf.constant(225.0), 3, 0.5))
@@ -216,7 +225,8 @@ def test_cut_windows_copies_pixels_and_zeroes_outside_the_valid_part():
     windows = np.array([[-1, -2, 9, 8], [15, 20, 25, 30], [4, 5, 14, 15]], np.float32)
     valid = np.array([[0, 0, 9, 8], [15, 20, 20, 24], [6, 5, 14, 12]], np.float32)
     indices = np.array([0, 1, 1])
-    crops = geometry.cut_windows(tf.constant(images), windows, valid, indices).numpy()
+    crops = geometry.cut_windows(tf.constant(images), windows[:, :2], (10, 10), valid,
+                                 indices).numpy()
     padded = np.pad(images, [[0, 0], [5, 10], [5, 10], [0, 0]])
     for crop, window, inside, index in zip(crops, windows.astype(int), valid.astype(int),
                                            indices):

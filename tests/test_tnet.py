@@ -292,3 +292,11 @@ def test_integer_grid_glimpses_are_the_release_cells_resized():
     # Boxes are the pixel windows over the image side: cell 7 (row 1, col 2) of the image.
     np.testing.assert_allclose(out["boxes"][1].numpy()[0, 1] * 310,
                                [51 - 1, 102 - 1, 51 - 1 + 107, 102 - 1 + 107], atol=1e-3)
+    # The same in a graph with a dynamic image size, and compiled by XLA (static sizes).
+    dynamic = tf.function(lambda x: model(x, locations=[2, 1], chosen_locations=chosen),
+                          input_signature=[tf.TensorSpec([None, None, None, 3])])
+    model.xla_compatible = True      # level 1's crop by gathers (no CropAndResize in XLA)
+    compiled = tf.function(lambda x: model(x, locations=[2, 1], chosen_locations=chosen),
+                           jit_compile=True)
+    for function in (dynamic, compiled):
+        np.testing.assert_allclose(function(images)["features"], out["features"], atol=1e-4)

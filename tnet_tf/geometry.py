@@ -109,7 +109,8 @@ def crop_and_resize(images, boxes, box_indices, crop_size):
 
 def integer_grid(size, grid_size: int, cell_fraction: float):
     """The authors' release's grid over a side of `size` pixels, in whole
-    pixels: (cell, stride, pad_before), float tensors shaped like `size`.
+    pixels: (cell, stride, pad_before), shaped like `size` (numpy for a
+    number or array, so static sizes stay static; tensors for a tensor).
 
     The cell side is `size * cell_fraction` rounded (half to even, as
     numpy's), the stride `(size - cell) / (n - 1)` rounded up; the grid's
@@ -118,35 +119,38 @@ def integer_grid(size, grid_size: int, cell_fraction: float):
     at `j * stride - pad_before`. 224 px, 5 x 5, 0.34375: 77 px cells on a
     37 px stride from -1.
     """
-    size = tf.cast(size, tf.float32)
-    cell = tf.round(size * cell_fraction)
-    stride = tf.math.ceil((size - cell) / (grid_size - 1)) if grid_size > 1 else 0.0 * size
-    pad_before = tf.math.ceil(((grid_size - 1) * stride + cell - size) / 2.0)
+    ops = (tf.round, tf.math.ceil) if tf.is_tensor(size) else (np.round, np.ceil)
+    round_half_even, ceil = ops
+    size = tf.cast(size, tf.float32) if tf.is_tensor(size) else np.asarray(size, np.float64)
+    cell = round_half_even(size * cell_fraction)
+    stride = ceil((size - cell) / (grid_size - 1)) if grid_size > 1 else 0.0 * size
+    pad_before = ceil(((grid_size - 1) * stride + cell - size) / 2.0)
     return cell, stride, pad_before
 
 
-def cut_windows(images, windows, valid, box_indices):
+def cut_windows(images, starts, size, valid, box_indices):
     """Whole-pixel windows of `images`, copied without resampling.
 
-    images [B, H, W, C]; windows [N, 4] `[y1, x1, y2, x2]` in pixels (whole
-    numbers, every window of the same size h x w, may reach outside the
-    image); valid [N, 4] the part of each window that holds image pixels (a
-    rectangle inside the image), zero elsewhere; box_indices [N]. Returns
-    [N, h, w, C] float32. Gathers only, so XLA compiles it.
+    images [B, H, W, C]; starts [N, 2] the (y, x) pixel of each window's
+    top-left corner (whole numbers, may lie outside the image); size (h, w)
+    of every window (static ints keep the output shape static); valid [N, 4]
+    `[y1, x1, y2, x2]` pixels, the part of each window that holds image
+    pixels (a rectangle inside the image), zero elsewhere; box_indices [N].
+    Returns [N, h, w, C] float32. Gathers only, so XLA compiles it.
     """
     images = tf.cast(images, tf.float32)
     shape = tf.shape(images)
     height, width = shape[1], shape[2]
-    windows = tf.cast(tf.round(windows), tf.int32)
+    starts = tf.cast(tf.round(starts), tf.int32)
     valid = tf.cast(tf.round(valid), tf.int32)
 
-    def axis(start, end, first, last):
-        # Pixel positions [N, size] along one axis and whether each holds image pixels.
-        positions = start[:, None] + tf.range(end[0] - start[0])[None, :]
+    def axis(start, extent, first, last):
+        # Pixel positions [N, extent] along one axis and whether each holds image pixels.
+        positions = start[:, None] + tf.range(extent)[None, :]
         return positions, (positions >= first[:, None]) & (positions < last[:, None])
 
-    rows, row_inside = axis(windows[:, 0], windows[:, 2], valid[:, 0], valid[:, 2])
-    cols, col_inside = axis(windows[:, 1], windows[:, 3], valid[:, 1], valid[:, 3])
+    rows, row_inside = axis(starts[:, 0], size[0], valid[:, 0], valid[:, 2])
+    cols, col_inside = axis(starts[:, 1], size[1], valid[:, 1], valid[:, 3])
     flat = tf.reshape(images, [-1, width, shape[3]])                     # [B * H, W, C]
     lines = tf.gather(flat, tf.cast(box_indices, tf.int32)[:, None] * height
                       + tf.clip_by_value(rows, 0, height - 1))            # [N, h, W, C]

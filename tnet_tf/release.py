@@ -14,10 +14,10 @@ maps each of our variables to its key; `load_model` matches every one and
 fails naming the key that is missing, left over or of another shape.
 
 Where the release differs from the paper's wording, `load_model` sets the
-config fields that reproduce it (`release_fields`): the positional code
-variant "release", the feature-map pixels the location module reads (the
-release's receptive-field alignment) and the integer grid (cells cut on
-whole pixels, the overhang zero-padded).
+config fields that reproduce it (`release_fields`, `release_config`): the
+positional code variant "release", the feature-map pixels (and, for the
+CUB / NABirds TNet-B0..B4, the layer and width) of the location module and
+the integer grid (cells cut on whole pixels, the overhang zero-padded).
 """
 from __future__ import annotations
 

@@ -163,17 +163,18 @@ class TNet(tf.keras.Model):
                 f"most {reachable} level(s)")
 
     def _glimpse_features(self, images, boxes, training, level, windows=None):
-        """Crops boxes [B, P, 4] from the images (with `windows`, the
-        (windows, valid) [B, P, 4] pixel rectangles of the integer grid, cuts
-        those and resizes them); returns the backbone outputs."""
+        """Crops boxes [B, P, 4] from the images (with `windows`, the integer
+        grid's (pixel windows [B, P, 4], their valid parts [B, P, 4], their
+        (h, w)), cuts those and resizes them); returns the backbone outputs."""
         count = boxes.shape[1]
         shape = tf.shape(images)
         indices = tf.repeat(tf.range(shape[0]), count)
         size = [self.config.base_resolution] * 2
         if windows is not None:
             # The release resizes each whole-pixel cell (its padding included) to the base.
-            cells = geometry.cut_windows(images, tf.reshape(windows[0], [-1, 4]),
-                                         tf.reshape(windows[1], [-1, 4]), indices)
+            corners, valid, extent = windows
+            cells = geometry.cut_windows(images, tf.reshape(corners[..., :2], [-1, 2]),
+                                         _whole(extent), tf.reshape(valid, [-1, 4]), indices)
             glimpses = tf.image.resize(cells, size, method="bilinear", antialias=False)
             set_backbone_level(self.backbone, level)
             return self.backbone(glimpses, training=training)
@@ -185,24 +186,24 @@ class TNet(tf.keras.Model):
         set_backbone_level(self.backbone, level)
         return self.backbone(glimpses, training=training)
 
-    def _integer_cells(self, windows, boxes, index, extent, image_size, shape):
-        """The pixel windows (and valid parts) of the cells `index` [B*P, k] of
-        the glimpses `windows` (None: the whole images `boxes`) of side `extent`
-        (h, w), as the release cuts them; returns them shaped `shape` and the
-        cells' (h, w)."""
+    def _integer_cells(self, windows, image_size, index, shape):
+        """The integer grid's windows (see `_glimpse_features`) of the cells
+        `index` [B*P, k] of the glimpses `windows` (None: the whole images of
+        (h, w) `image_size`), as the release cuts them, shaped `shape`."""
         if windows is None:
-            whole = tf.reshape(boxes, [-1, 1, 4]) * tf.tile(image_size, [2])
-            windows = (whole, whole)
-        parent, parent_valid = (tf.reshape(w, [-1, 1, 4]) for w in windows)
-        cell, stride, pad_before = geometry.integer_grid(extent, self.config.grid_size,
+            whole = tf.concat([tf.zeros([2]), tf.cast(image_size, tf.float32)], 0)[None, None]
+            windows = (whole, whole, image_size)
+        parent, parent_valid = (tf.reshape(w, [-1, 1, 4]) for w in windows[:2])
+        cell, stride, pad_before = geometry.integer_grid(windows[2], self.config.grid_size,
                                                          self.config.cell_fraction)
         n = self.config.grid_size
         row_col = tf.cast(tf.stack([index // n, index % n], axis=-1), tf.float32)
-        start = parent[..., :2] + row_col * stride - pad_before                 # [B*P, k, 2]
-        child = tf.concat([start, start + cell], axis=-1)
+        start = (parent[..., :2] + row_col * tf.cast(stride, tf.float32)
+                 - tf.cast(pad_before, tf.float32))                               # [B*P, k, 2]
+        child = tf.concat([start, start + tf.cast(cell, tf.float32)], axis=-1)
         valid = tf.concat([tf.maximum(child[..., :2], parent_valid[..., :2]),
                            tf.minimum(child[..., 2:], parent_valid[..., 2:])], axis=-1)
-        return (tf.reshape(child, shape), tf.reshape(valid, shape)), cell
+        return tf.reshape(child, shape), tf.reshape(valid, shape), cell
 
     def call(self, images, locations=None, training=None, selection="top_k",
              chosen_locations=None, random_cells=None):
@@ -215,10 +216,12 @@ class TNet(tf.keras.Model):
         cells = tf.zeros([batch, 1, 2])   # (x, y) cell coordinates at the current level
         features, levels, parents = [], [], [-1]
         chosen, chosen_log_probs, distributions, all_boxes = [], [], [], [boxes]
-        # The integer grid (config.integer_grid): the glimpses' pixel windows and
-        # the part of each that holds image pixels, [B, P, 4]; `extent`: their (h, w).
-        image_size = tf.cast(tf.shape(images)[1:3], tf.float32)
-        extent, windows = image_size, None
+        # The integer grid (config.integer_grid): the glimpses' pixel windows, the part
+        # of each that holds image pixels and their (h, w); numbers for static sizes.
+        static = images.shape[1:3]
+        image_size = (np.array(static, np.float64) if static.is_fully_defined()
+                      else tf.cast(tf.shape(images)[1:3], tf.float32))
+        windows = None
         if chosen_locations is not None:
             chosen_locations = tf.cast(tf.convert_to_tensor(chosen_locations), tf.int32)
             attended = budget.total_locations(locations)
@@ -258,9 +261,8 @@ class TNet(tf.keras.Model):
             chosen_log_probs.append(tf.reshape(tf.gather(log_probs, index, batch_dims=1),
                                                [batch, count * k]))
             if config.integer_grid:
-                windows, extent = self._integer_cells(windows, boxes, index, extent,
-                                                      image_size, [batch, count * k, 4])
-                boxes = windows[0] / tf.tile(image_size, [2])
+                windows = self._integer_cells(windows, image_size, index, [batch, count * k, 4])
+                boxes = windows[0] / tf.cast(tf.tile(image_size, [2]), tf.float32)
             else:
                 child = tf.gather(self.cell_boxes, index)                        # [B*P, k, 4]
                 boxes = tf.reshape(geometry.compose_boxes(tf.reshape(boxes, [-1, 1, 4]), child),
@@ -301,6 +303,11 @@ class TNet(tf.keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         return cls(TNetConfig.from_dict(config["config"]))
+
+
+def _whole(extent):
+    """A window's (h, w) as ints when static (numpy), else as an int32 tensor."""
+    return tf.cast(extent, tf.int32) if tf.is_tensor(extent) else [int(v) for v in extent]
 
 
 class Classifier(tf.keras.Model):
