@@ -7,7 +7,8 @@
 
 --model_dir is one trained stage (the folder holding its run.json and
 final/); instead, --release_checkpoint=weights/fmow_tnet --dataset=fmow
-classifies with the authors' published TNet (CUB / NABirds: --backbone=b0..b4). --images is a file, a folder (its JPEG, PNG, GIF and BMP files, in
+classifies with the authors' published TNet (CUB / NABirds: --backbone=b0..b4).
+--images is a file, a folder (its JPEG, PNG, GIF and BMP files, in
 sub-folders too) or a glob. Files of any size and aspect ratio, grayscale,
 RGBA and CMYK included, are resized as the stage's evaluation resizes them
 (the whole image to --input_size, default the stage's). The budget
@@ -36,7 +37,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import app, flags
 
-from experiments.run_config import FlagError
+from experiments.run_config import RELEASE_DATASETS, FlagError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 FIGURE_MAX_SIDE = 640     # px; figures of larger files are drawn downscaled
@@ -60,7 +61,7 @@ def define_release_flags() -> None:
     """The flags that serve the authors' published TNet instead of a trained stage."""
     flags.DEFINE_string("release_checkpoint", None, "Instead of --model_dir: the authors' "
                         "published TNet of --dataset (a checkpoint prefix or its folder).")
-    flags.DEFINE_enum("dataset", None, ["fmow", "imagenet", "cub", "nabirds"],
+    flags.DEFINE_enum("dataset", None, list(RELEASE_DATASETS),
                       "The dataset of --release_checkpoint (its recipe builds the model).")
     flags.DEFINE_string("backbone", None, "CUB / NABirds --release_checkpoint: b0..b4.")
 

@@ -19,6 +19,8 @@ from experiments.recipes import BACKBONE_EPOCHS, FieldError, Recipe
 TOOL_STAGES = ("evaluate", "profile", "visualize")
 PRECISIONS = ("mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+# The datasets whose trained TNet the authors published (experiments.<dataset>.ENTRY).
+RELEASE_DATASETS = ("fmow", "imagenet", "cub", "nabirds")
 # --smoke: the "tiny" model at a 32 px base resolution on generated digits.
 SMOKE_BASE = 32
 SMOKE_CLASSES = 10

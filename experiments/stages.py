@@ -325,10 +325,6 @@ def restore_release(config: RunConfig):
     return model, recipe, model.config
 
 
-# The datasets whose TNet the authors published (experiments.<dataset>.ENTRY).
-RELEASE_DATASETS = ("fmow", "imagenet", "cub", "nabirds")
-
-
 def restore_tnet(model_dir: Optional[str] = None, release_checkpoint: Optional[str] = None,
                  dataset: Optional[str] = None, backbone: Optional[str] = None):
     """(model, recipe, model config, class names) of the trained TNet stage in
@@ -340,9 +336,9 @@ def restore_tnet(model_dir: Optional[str] = None, release_checkpoint: Optional[s
             raise FlagError("model_dir", "is required (or --release_checkpoint and --dataset)")
         model, recipe, config = restore_stage(model_dir, model="tnet")
         return model, recipe, config, class_names.load(model_dir, config.num_classes)
-    if dataset not in RELEASE_DATASETS:
+    if dataset not in run_config.RELEASE_DATASETS:
         raise FlagError("dataset", f"{dataset!r}: --release_checkpoint needs the dataset of the "
-                        f"published TNet, one of {', '.join(RELEASE_DATASETS)}")
+                        f"published TNet, one of {', '.join(run_config.RELEASE_DATASETS)}")
     entry = importlib.import_module(f"experiments.{dataset}").ENTRY
     overrides = {"backbone": {"name": run_config.backbone_name(backbone)}} if backbone else {}
     run = run_config.check_release(run_config.resolve(
