@@ -49,9 +49,9 @@ def release_cell(patch: np.ndarray, index: int, grid_size: int, fraction: float)
         cell = int(np.round(side * fraction))
         stride = int(np.ceil((side - cell) / (grid_size - 1)))
         total = (grid_size - 1) * stride + cell - side
-        cuts.append((cell, stride, int(np.ceil(total / 2)), total - int(np.ceil(total / 2))))
+        before = int(np.ceil(total / 2))
+        cuts.append((cell, stride, before, total - before))
     (cell_y, stride_y, top, bottom), (cell_x, stride_x, left, right) = cuts
     padded = np.pad(patch, [[top, bottom], [left, right], [0, 0]])
     row, col = divmod(index, grid_size)
     return padded[row * stride_y:row * stride_y + cell_y, col * stride_x:col * stride_x + cell_x]
-
