@@ -11,6 +11,8 @@ import dataclasses
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from tnet_tf.data.pipeline import CACHES
+from tnet_tf.losses import REWARDS
+from tnet_tf.tnet import SELECTIONS
 from tnet_tf.training import SCHEDULES
 
 MODELS = ("tnet", "baseline", "mgnet")
@@ -59,6 +61,13 @@ class Recipe:
     backbone_learning_rate (None: same), weight_decay (L2, batch norm
     excluded), lambda_f / lambda_c / lambda_r / max_feature_level (eqs. 1-3).
     random_warmup_steps: first steps that attend uniformly random cells.
+    Policy options beyond the paper (off by default; `tnet_tf.training.TNet.compile`):
+    selection ("top_k", the paper, or "sample": Gumbel-top-k in training),
+    exploration_epsilon / exploration_steps (epsilon-random cells after the
+    warm-up, decayed linearly over that many steps), entropy_weight (an
+    entropy bonus on the location distributions), reward ("correct", the
+    paper's 0/1, or "log_prob_gain"). The location logits' scale is a model
+    override (location_scale, learn_location_scale, location_normalize).
     contrastive_weight / contrastive_margin: the authors' contrastive loss on
     the pooled features (0: off; their CUB / NABirds runs: 100 and 0.4).
     init_from: the stage whose final checkpoint initialises this one.
@@ -87,6 +96,11 @@ class Recipe:
     lambda_r: float = 1.0
     max_feature_level: Optional[int] = None
     random_warmup_steps: int = 0
+    selection: str = "top_k"
+    exploration_epsilon: float = 0.0
+    exploration_steps: int = 0
+    entropy_weight: float = 0.0
+    reward: str = "correct"
     contrastive_weight: float = 0.0
     contrastive_margin: float = 0.4
     init_from: Optional[str] = None
@@ -98,6 +112,12 @@ class Recipe:
         _check(self.model in MODELS, "model", f"{self.model!r} is not one of {', '.join(MODELS)}")
         _check(self.lr_schedule in SCHEDULES, "lr_schedule",
                f"{self.lr_schedule!r} is not one of {', '.join(SCHEDULES)}")
+        _check(self.selection in SELECTIONS, "selection",
+               f"{self.selection!r} is not one of {', '.join(SELECTIONS)}")
+        _check(self.reward in REWARDS, "reward",
+               f"{self.reward!r} is not one of {', '.join(REWARDS)}")
+        _check(0.0 <= self.exploration_epsilon <= 1.0, "exploration_epsilon",
+               f"{self.exploration_epsilon} must be in [0, 1]")
         _check(self.cache in (None, *CACHES), "cache",
                f"{self.cache!r} is not one of {', '.join(CACHES)}")
         for name in ("input_size", "epochs", "global_batch_size"):
@@ -108,7 +128,7 @@ class Recipe:
             value = getattr(self, name)
             _check(value is None or value > 0, name, f"{value} must be > 0")
         for name in ("weight_decay", "lambda_f", "lambda_c", "lambda_r", "random_warmup_steps",
-                     "contrastive_weight"):
+                     "contrastive_weight", "exploration_steps", "entropy_weight"):
             _check(getattr(self, name) >= 0, name, f"{getattr(self, name)} must be >= 0")
         object.__setattr__(self, "model_overrides", dict(self.model_overrides))
 

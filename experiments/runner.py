@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence
 from absl import app, flags
 
 from experiments import stages
-from experiments.recipes import CACHES, SCHEDULES, Recipe
+from experiments.recipes import CACHES, REWARDS, SCHEDULES, SELECTIONS, Recipe
 from experiments.run_config import (PRECISIONS, STRATEGIES, TOOL_STAGES, Entry, FlagError,
                                     RunConfig, backbone_name, resolve)
 
@@ -33,7 +33,13 @@ MODEL_FLAGS = {
     "stochastic_depth": "backbone.stochastic_depth",
     "spatial_dropout": "backbone.spatial_dropout",
     "pretrained": "backbone.pretrained",
+    "location_scale": "location_scale",
+    "learn_location_scale": "learn_location_scale",
+    "location_normalize": "location_normalize",
 }
+# Recipe fields whose flag takes one of these values.
+ENUM_FLAGS = {"lr_schedule": SCHEDULES, "cache": CACHES, "selection": SELECTIONS,
+              "reward": REWARDS}
 # Help beyond "Override the recipe's <field>." for some of the flags.
 _FLAG_HELP = {
     "global_batch_size": "Batch over all replicas.",
@@ -44,6 +50,14 @@ _FLAG_HELP = {
     "cache": "Keep the training set in memory: 'records' (JPEG bytes) or 'decoded' (pixels).",
     "location_stop_gradient": "Detach the location module's inputs in training (the "
                               "authors' code).",
+    "location_scale": "Multiply the location logits (1: the paper; larger: sharper).",
+    "learn_location_scale": "Learn the location logits' scale, from --location_scale.",
+    "location_normalize": "L2-normalise the location logits (the paper).",
+    "selection": "Training cells: 'top_k' (the paper) or 'sample' (Gumbel-top-k).",
+    "reward": "'correct' (the paper's 0/1) or 'log_prob_gain' (the true class's gain).",
+    "exploration_epsilon": "After the warm-up, each glimpse draws random cells with this "
+                           "probability, decayed to 0 over --exploration_steps.",
+    "entropy_weight": "Weight of an entropy bonus on the location distributions.",
 }
 
 
@@ -111,9 +125,8 @@ def _define_recipe_flags(flag_values=FLAGS) -> None:
         kind = str(field.type)   # the annotation's text (postponed annotations)
         owner = "recipe's" if name not in MODEL_FLAGS else "model config's"
         text = f"Override the {owner} {name}. {_FLAG_HELP.get(name, '')}".strip()
-        if name in ("lr_schedule", "cache"):
-            choices = SCHEDULES if name == "lr_schedule" else CACHES
-            flags.DEFINE_enum(name, None, list(choices), text, flag_values=flag_values)
+        if name in ENUM_FLAGS:
+            flags.DEFINE_enum(name, None, list(ENUM_FLAGS[name]), text, flag_values=flag_values)
         elif "bool" in kind:
             flags.DEFINE_bool(name, None, text, flag_values=flag_values)
         elif "float" in kind:

@@ -162,6 +162,10 @@ def compile_model(model, recipe: Recipe, total_steps: int, run_eagerly: bool = F
                       locations=recipe.locations, weight_decay=recipe.weight_decay,
                       backbone_optimizer=backbone_optimizer,
                       random_warmup_steps=recipe.random_warmup_steps,
+                      selection=recipe.selection,
+                      exploration_epsilon=recipe.exploration_epsilon,
+                      exploration_steps=recipe.exploration_steps,
+                      entropy_weight=recipe.entropy_weight, reward=recipe.reward,
                       contrastive_weight=recipe.contrastive_weight,
                       contrastive_margin=recipe.contrastive_margin, run_eagerly=run_eagerly,
                       jit_compile=jit_compile)

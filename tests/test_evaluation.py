@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 import tnet_tf
+from tnet_tf.data.pipeline import NO_BOX
 from tnet_tf import evaluation, geometry, tables
 from conftest import tiny_config
 
@@ -79,6 +80,24 @@ def test_contains_needs_the_whole_object_box_inside():
     # in the first box (edges touching), not in the second (x1 0.3 > 0.25 but y1 0.1 < 0.25),
     # in the third (y1 equal)
     np.testing.assert_array_equal(inside.numpy(), [[True, False, True]])
+
+
+def test_contains_with_several_object_boxes_needs_one_of_them_inside():
+    boxes = tf.constant([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0], [0.0, 0.5, 0.5, 1.0]]])
+    objects = tf.constant([[[0.1, 0.1, 0.2, 0.2], [0.6, 0.7, 0.8, 0.9], list(NO_BOX)]])
+    np.testing.assert_array_equal(evaluation.contains(boxes, objects).numpy(),
+                                  [[True, True, False]])
+    # The padding alone is held by no box, not even the whole image.
+    whole = tf.constant([[[0.0, 0.0, 1.0, 1.0]]])
+    assert not evaluation.contains(whole, tf.constant([[list(NO_BOX)]])).numpy().any()
+    # Chance with two objects: cells holding either (object 0: cell 0; object 1: cells 4, 5,
+    # 7, 8 hold [.6, .6, .7, .7]).
+    cells = geometry.grid_boxes(3, 0.5).astype(np.float32)
+    two = tf.constant([[[0.0, 0.0, 0.2, 0.2], [0.6, 0.6, 0.7, 0.7]]])
+    outputs = {"boxes": [tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), tf.constant(cells[None, [0, 1]])]}
+    hits, chance = (r.numpy() for r in evaluation.hit_rates(outputs, two, cells)[2])
+    np.testing.assert_allclose(hits, [0.5])
+    np.testing.assert_allclose(chance, [5 / 9])
 
 
 def test_hit_rates_and_their_chance_values_by_hand():

@@ -128,6 +128,10 @@ class TNetConfig:
         so the REINFORCE terms train the location module alone and the
         backbone learns from the classification terms only; inference is
         unchanged. The paper is silent; the authors' code stops them.
+      location_normalize, location_scale, learn_location_scale: the
+        location logits (`modules.location_logits`): L2-normalised (the
+        paper) or raw, times a scale (1: the paper; a larger scale sharpens
+        the distribution), fixed or learnt (starting at `location_scale`).
     """
 
     num_classes: int = 62
@@ -149,6 +153,9 @@ class TNetConfig:
     location_stop_gradient: bool = True
     grid_indices: Optional[Tuple[int, ...]] = None
     integer_grid: bool = False
+    location_normalize: bool = True
+    location_scale: float = 1.0
+    learn_location_scale: bool = False
 
     def __post_init__(self):
         if isinstance(self.backbone, dict):
@@ -179,6 +186,8 @@ class TNetConfig:
         _check_choice("positional_fusion", self.positional_fusion, POSITIONAL_FUSIONS)
         _check_choice("initializer", self.initializer, INITIALIZERS)
         _check_probability("dropout", self.dropout)
+        if not self.location_scale > 0:
+            raise ValueError(f"location_scale must be > 0, got {self.location_scale}")
 
     @property
     def num_levels(self) -> int:

@@ -46,18 +46,25 @@ def coverage(boxes, resolution: int = COVERAGE_RESOLUTION):
 
 def contains(boxes, object_boxes, tolerance: float = 1e-6):
     """Whether each box holds the whole object box: boxes [B, ..., 4] and
-    object_boxes [B, 4] (both edge-normalised y1, x1, y2, x2) -> bool [B, ...]."""
+    object_boxes [B, 4] (both edge-normalised y1, x1, y2, x2) -> bool [B, ...].
+    With object_boxes [B, M, 4]: whether each box holds at least one of the M
+    whole (padding `pipeline.NO_BOX` is never held)."""
     boxes = tf.convert_to_tensor(boxes, tf.float32)
-    inner = tf.reshape(tf.cast(object_boxes, tf.float32),
-                       [-1] + [1] * (boxes.shape.rank - 2) + [4])
-    starts = tf.reduce_all(boxes[..., :2] <= inner[..., :2] + tolerance, axis=-1)
-    ends = tf.reduce_all(boxes[..., 2:] >= inner[..., 2:] - tolerance, axis=-1)
-    return starts & ends
+    objects = tf.cast(object_boxes, tf.float32)
+    if objects.shape.rank == 2:
+        objects = objects[:, None]
+    inner = tf.reshape(objects, tf.concat([tf.shape(objects)[:1], [1] * (boxes.shape.rank - 2),
+                                           tf.shape(objects)[1:]], 0))   # [B, 1.., M, 4]
+    outer = boxes[..., None, :]
+    starts = tf.reduce_all(outer[..., :2] <= inner[..., :2] + tolerance, axis=-1)
+    ends = tf.reduce_all(outer[..., 2:] >= inner[..., 2:] - tolerance, axis=-1)
+    return tf.reduce_any(starts & ends, axis=-1)
 
 
 def hit_rates(outputs, object_boxes, cell_boxes):
     """Per level l >= 2 that attended cells: the fraction of each image's
-    attended boxes holding the whole object box, and its chance value (the
+    attended boxes holding the whole object box (object_boxes [B, 4]; or one
+    of several, [B, M, 4]), and its chance value (the
     expected fraction if every glimpse of level l - 1 chose its cells
     uniformly at random). Returns {level: (hits [B], chance [B])}.
 

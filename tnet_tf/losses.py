@@ -47,6 +47,9 @@ import tensorflow as tf
 
 BASELINE_INITIAL = 0.5
 BASELINE_DECAY = 0.9
+# "correct": the paper's 0/1 reward; "log_prob_gain": the gain in the true class's
+# log-probability that the attended locations bring (`location_rewards`).
+REWARDS = ("correct", "log_prob_gain")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +67,11 @@ class LossWeights:
       contrastive_weight, contrastive_margin: the auxiliary contrastive
         loss of the authors' CUB / NABirds runs (`contrastive_loss`; weight
         100, margin 0.4 there); weight 0 turns it off.
+      entropy_weight: beta of an entropy bonus, `-beta * H` added per
+        example, H the mean entropy of its location distributions over the
+        levels that chose cells (`location_entropy`); 0 (the paper) turns it
+        off.
+      reward: "correct" (the paper) or "log_prob_gain" (`location_rewards`).
     """
 
     lambda_f: float = 0.1
@@ -72,8 +80,14 @@ class LossWeights:
     max_feature_level: Optional[int] = None
     contrastive_weight: float = 0.0
     contrastive_margin: float = 0.4
+    entropy_weight: float = 0.0
+    reward: str = "correct"
 
     def __post_init__(self):
+        if self.reward not in REWARDS:
+            raise ValueError(f"reward must be one of {', '.join(REWARDS)}; got {self.reward!r}")
+        if self.entropy_weight < 0:
+            raise ValueError(f"entropy_weight must be >= 0, got {self.entropy_weight}")
         if self.lambda_f < 0:
             raise ValueError(f"lambda_f must be >= 0, got {self.lambda_f}")
         if self.contrastive_weight < 0:
@@ -122,6 +136,40 @@ def contrastive_loss(features, labels, margin: float):
     return tf.reduce_mean(pairs, axis=1)
 
 
+def initial_baseline(reward: str) -> float:
+    """b before the first step: 0.5 for 0/1 rewards (the paper), 0 for gains."""
+    return BASELINE_INITIAL if reward == "correct" else 0.0
+
+
+def true_class_log_prob(logits, labels):
+    """log p(y | ...) of the label: logits [..., C], labels [...] -> [...]."""
+    return -classification_loss(logits, labels)
+
+
+def location_rewards(outputs: Dict, labels, reward: str = "correct"):
+    """(R^s [N], R^k of every extracted feature [N, F]) for a TNet `outputs` dict.
+
+    "correct": R^s = 1 where the prediction is the label (the paper), R^k
+    the same for feature k classified alone. "log_prob_gain" (as GFNet
+    rewards its glimpses): R^s = log p(y | all features) - log p(y | the
+    level-1 feature alone), the gain all attended locations bring; R^k =
+    log p(y | feature k alone) - log p(y | its parent's feature alone), the
+    gain location k brings over the glimpse it was chosen from (0 for the
+    level-1 feature, which no location chose).
+    """
+    labels = tf.cast(labels, tf.int32)
+    feature_logits = outputs["feature_logits"]                       # [N, F, C]
+    repeated = tf.repeat(labels[:, None], tf.shape(feature_logits)[1], axis=1)
+    if reward == "correct":
+        return rewards(outputs["logits"], labels), rewards(feature_logits, repeated)
+    if reward != "log_prob_gain":
+        raise ValueError(f"reward must be one of {', '.join(REWARDS)}; got {reward!r}")
+    feature_log_probs = true_class_log_prob(feature_logits, repeated)   # [N, F]
+    main = true_class_log_prob(outputs["logits"], labels) - feature_log_probs[:, 0]
+    parents = np.maximum(np.asarray(tf.get_static_value(outputs["feature_parents"])), 0)
+    return main, feature_log_probs - tf.gather(feature_log_probs, parents, axis=1)
+
+
 def reinforce_loss(log_probs, reward, baseline):
     """-(R - b) log p(l | x) with R - b held constant: the REINFORCE surrogate."""
     advantage = tf.stop_gradient(tf.cast(reward, tf.float32) - tf.cast(baseline, tf.float32))
@@ -143,13 +191,14 @@ def tnet_loss(outputs: Dict, labels, baseline, weights: LossWeights) -> Dict[str
     times the mean R^k) and, when per-feature regularization is on,
     "feature_classification" and "feature_reinforce" (the per-feature
     terms averaged over the features / locations in the level cap) and
-    "feature_reward" (the mean R^k over those locations), and with
+    "feature_reward" (the mean R^k over those locations), with
+    `entropy_weight` > 0 "entropy" (the bonus's H, before its weight), and with
     `contrastive_weight` > 0 "contrastive" (`contrastive_loss` of the
     pooled features, weighted).
     """
     labels = tf.cast(labels, tf.int32)
     log_probs = outputs["location_log_probs"]                        # [N, A]
-    main_reward = rewards(outputs["logits"], labels)
+    main_reward, every_feature_reward = location_rewards(outputs, labels, weights.reward)
     terms = {
         "classification": classification_loss(outputs["logits"], labels),
         "reinforce": reinforce_loss(tf.reduce_sum(log_probs, axis=-1), main_reward, baseline),
@@ -168,8 +217,7 @@ def tnet_loss(outputs: Dict, labels, baseline, weights: LossWeights) -> Dict[str
             feature_logits, tf.repeat(labels[:, None], len(features), axis=1))
         terms["feature_classification"] = tf.reduce_mean(per_feature, axis=1)
         if attended.size:
-            location_logits = tf.gather(outputs["feature_logits"], attended + 1, axis=1)
-            feature_reward = rewards(location_logits, labels[:, None])   # broadcasts
+            feature_reward = tf.gather(every_feature_reward, attended + 1, axis=1)
             per_location = reinforce_loss(tf.gather(log_probs, attended, axis=1),
                                           feature_reward, baseline)
             terms["feature_reinforce"] = tf.reduce_mean(per_location, axis=1)
@@ -182,6 +230,11 @@ def tnet_loss(outputs: Dict, labels, baseline, weights: LossWeights) -> Dict[str
             terms["feature_reinforce"] = tf.zeros_like(main_reward)
         total += ((1.0 - weights.lambda_c) * terms["feature_classification"]
                   + weights.lambda_f * (1.0 - weights.lambda_r) * terms["feature_reinforce"])
+    if weights.entropy_weight and outputs["location_probs"]:
+        terms["entropy"] = tf.add_n([location_entropy(probs) for probs
+                                     in outputs["location_probs"]]) / len(
+                                         outputs["location_probs"])
+        total -= weights.entropy_weight * terms["entropy"]
     if weights.contrastive_weight:
         terms["contrastive"] = weights.contrastive_weight * contrastive_loss(
             outputs["pooled_features"], labels, weights.contrastive_margin)

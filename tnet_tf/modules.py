@@ -32,6 +32,17 @@ def dense_initializer(kind: str):
     return tf.keras.initializers.get(dict(spec) if isinstance(spec, dict) else spec)
 
 
+def location_logits(raw_logits, normalize: bool = True, scale=1.0):
+    """The location logits of raw cell scores [N, K]: L2-normalised over the
+    K cells (the paper; their softmax then stays near uniform, since
+    normalised logits differ by at most 2) or left as they are, times
+    `scale` (a temperature of 1 / scale)."""
+    logits = tf.cast(raw_logits, tf.float32)
+    if normalize:
+        logits = tf.math.l2_normalize(logits, axis=-1)
+    return logits * tf.cast(scale, tf.float32)
+
+
 class LocationModule(layers.Layer):
     """Scores the n x n grid cells of a glimpse; returns normalised logits.
 
@@ -44,13 +55,25 @@ class LocationModule(layers.Layer):
     map, apply a hidden 1x1 convolution and a 1x1 convolution to one logit
     per cell, and L2-normalise the n*n logits. Softmax of the output gives
     the location distribution.
+
+    Options beyond the paper (`location_logits`; the defaults are the
+    paper's): `normalize=False` keeps the raw logits; `scale` multiplies
+    them; `learn_scale` makes the scale a trainable variable (`log_scale`,
+    starting at log(scale); only then is the variable created, so the
+    paper's modules keep their variables).
     """
 
     def __init__(self, grid_size: int, variant: str = "squeeze_excitation", width: int = 80,
                  se_width: int = 40, leaky_relu_alpha: float = 0.2,
-                 initializer: str = "efficientnet", **kwargs):
+                 initializer: str = "efficientnet", normalize: bool = True,
+                 scale: float = 1.0, learn_scale: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.grid_size, self.variant, self.width = grid_size, variant, width
+        self.normalize, self.scale, self.learn_scale = normalize, float(scale), learn_scale
+        self.log_scale = (self.add_weight("log_scale", shape=[], trainable=True,
+                                          initializer=tf.keras.initializers.Constant(
+                                              np.log(self.scale)))
+                          if learn_scale else None)
         self.se_width, self.leaky_relu_alpha, self.initializer = se_width, leaky_relu_alpha, initializer
 
         def conv(filters, activation=None, name=None):
@@ -91,12 +114,14 @@ class LocationModule(layers.Layer):
         coordinates = tf.tile(tf.cast(coordinates, x.dtype)[None], [tf.shape(x)[0], 1, 1, 1])
         x = self.hidden_conv(tf.concat([x, coordinates], axis=-1))
         logits = tf.reshape(self.logit_conv(x), [-1, self.grid_size * self.grid_size])
-        return tf.math.l2_normalize(tf.cast(logits, tf.float32), axis=-1)
+        scale = self.scale if self.log_scale is None else tf.exp(self.log_scale)
+        return location_logits(logits, self.normalize, scale)
 
     def get_config(self):
         return {**super().get_config(), "grid_size": self.grid_size, "variant": self.variant,
                 "width": self.width, "se_width": self.se_width,
-                "leaky_relu_alpha": self.leaky_relu_alpha, "initializer": self.initializer}
+                "leaky_relu_alpha": self.leaky_relu_alpha, "initializer": self.initializer,
+                "normalize": self.normalize, "scale": self.scale, "learn_scale": self.learn_scale}
 
 
 class PositionalEncoding(layers.Layer):

@@ -39,7 +39,9 @@ def select_cells(log_probs, count: int, selection: str = "top_k", seed: Optional
     noise are an exact sample without replacement, in sampling order).
     random_cells: optional boolean scalar (Python or tensor); where true, the
     cells are drawn uniformly at random without replacement whatever the
-    distribution (the exploration warm-up of `training.TNet.compile`).
+    distribution (the exploration warm-up of `training.TNet.compile`). A
+    float scalar instead is a probability: each row independently draws
+    random cells with that probability (epsilon-random exploration).
     """
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}; "
@@ -51,7 +53,12 @@ def select_cells(log_probs, count: int, selection: str = "top_k", seed: Optional
         if selection == "sample":
             scores = log_probs + gumbel
         if random_cells is not None:
-            scores = tf.where(tf.cast(random_cells, tf.bool), gumbel, scores)
+            explore = tf.convert_to_tensor(random_cells)
+            if explore.dtype != tf.bool:
+                rows = tf.shape(log_probs)[:1]
+                explore = tf.random.uniform(rows, seed=seed)[:, None] < tf.cast(explore,
+                                                                                tf.float32)
+            scores = tf.where(explore, gumbel, scores)
     return tf.math.top_k(scores, k=count, sorted=True).indices
 
 
@@ -76,6 +83,8 @@ class TNet(tf.keras.Model):
       random_cells: optional boolean scalar; if true, cells are drawn
         uniformly at random (without replacement) instead of by `selection`;
         their log-probabilities still come from the model's distributions.
+        A float scalar is the probability that a glimpse draws random cells
+        (each glimpse independently; `select_cells`).
 
     Returns a dict (F = number of extracted features, level 1 first, then
     level 2, then level 3 grouped by parent; A = F - 1 attended locations):
@@ -117,7 +126,9 @@ class TNet(tf.keras.Model):
         self.cell_boxes = geometry.grid_boxes(n, config.cell_fraction).astype(np.float32)
         self.location_module = LocationModule(
             n, config.location_module, config.location_width, config.location_se_width,
-            config.backbone.leaky_relu_alpha, config.initializer, name="location_module")
+            config.backbone.leaky_relu_alpha, config.initializer,
+            normalize=config.location_normalize, scale=config.location_scale,
+            learn_scale=config.learn_location_scale, name="location_module")
         self.positional_encoding = PositionalEncoding(
             config.positional_fusion, config.initializer, name="positional_encoding")
         self.classifier = ClassificationModule(

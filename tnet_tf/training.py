@@ -51,6 +51,11 @@ class TrainingOptions:
         cells' log-probabilities). It keeps a policy that is still random
         from locking onto cells that never show the object: the classifier
         first learns from objects found by chance, then the policy follows.
+      exploration_epsilon, exploration_steps: epsilon-random exploration
+        after the warm-up: each glimpse draws random cells with probability
+        epsilon, decayed linearly to 0 over `exploration_steps` steps (0:
+        held for all of training); epsilon 0 (the paper) turns it off
+        (`exploration_probability`).
     """
 
     loss_weights: losses.LossWeights = dataclasses.field(default_factory=losses.LossWeights)
@@ -60,6 +65,8 @@ class TrainingOptions:
     evaluation_locations: Optional[Tuple[int, ...]] = None
     weight_decay: float = 0.0
     random_warmup_steps: int = 0
+    exploration_epsilon: float = 0.0
+    exploration_steps: int = 0
 
     def __post_init__(self):
         if self.monte_carlo_samples < 1:
@@ -71,6 +78,26 @@ class TrainingOptions:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.random_warmup_steps < 0:
             raise ValueError(f"random_warmup_steps must be >= 0, got {self.random_warmup_steps}")
+        if not 0.0 <= self.exploration_epsilon <= 1.0:
+            raise ValueError(f"exploration_epsilon must be in [0, 1], got "
+                             f"{self.exploration_epsilon}")
+        if self.exploration_steps < 0:
+            raise ValueError(f"exploration_steps must be >= 0, got {self.exploration_steps}")
+
+
+def exploration_probability(step, options: TrainingOptions):
+    """The probability that a glimpse draws random cells at optimizer step
+    `step` (None: never): 1 during the random warm-up; then epsilon *
+    (1 - s / exploration_steps), s the steps since the warm-up, down to 0
+    (held at epsilon when exploration_steps is 0). Without epsilon it is the
+    warm-up's boolean switch."""
+    warmup = options.random_warmup_steps
+    if not options.exploration_epsilon:
+        return step < warmup if warmup else None
+    after = tf.cast(step - warmup, tf.float32)
+    decay = (tf.maximum(0.0, 1.0 - after / options.exploration_steps)
+             if options.exploration_steps else 1.0)
+    return tf.where(step < warmup, 1.0, options.exploration_epsilon * decay)
 
 
 class DropOnceSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
@@ -195,6 +222,8 @@ class TrainingMetrics:
             names.append("contrastive")
         if options.weight_decay:
             names.append("weight_decay")
+        if weights.entropy_weight:
+            names.append("entropy")
         self.means = {name: tf.keras.metrics.Mean(name) for name in names}
         self.entropy = [tf.keras.metrics.Mean(f"location_entropy_l{level + 2}")
                         for level in range(distribution_levels(locations))]
@@ -309,7 +338,9 @@ class TNet(tnet.TNet):
                 evaluation_locations: Optional[Sequence[int]] = None,
                 weight_decay: float = 0.0, backbone_optimizer=None,
                 random_warmup_steps: int = 0, contrastive_weight: float = 0.0,
-                contrastive_margin: float = 0.4, **kwargs):
+                contrastive_margin: float = 0.4, entropy_weight: float = 0.0,
+                reward: str = "correct", exploration_epsilon: float = 0.0,
+                exploration_steps: int = 0, **kwargs):
         """Sets the learning rule of `fit` (see `losses` and this module).
 
         lambda_f, lambda_c, lambda_r: eq. (2); lambda_c = lambda_r = 1 is
@@ -323,18 +354,24 @@ class TNet(tnet.TNet):
         random cells (see `TrainingOptions`). contrastive_weight,
         contrastive_margin: the authors' auxiliary contrastive loss on the
         pooled features (`losses.contrastive_loss`; 0 turns it off).
-        Creates the baseline b (0.5) on first compile; recompiling keeps it.
+        entropy_weight, reward: the entropy bonus and the reward of the
+        REINFORCE terms (`losses.LossWeights`). exploration_epsilon,
+        exploration_steps: epsilon-random cells after the warm-up
+        (`TrainingOptions`). The options beyond the paper default to off.
+        Creates the baseline b (0.5; 0 for gain rewards) on first compile;
+        recompiling keeps it.
         """
         super().compile(optimizer=optimizer, **kwargs)
         log_global_metrics(self)
         self.xla_compatible = bool(kwargs.get("jit_compile"))
         weights = losses.LossWeights(lambda_f, lambda_c, lambda_r, max_feature_level,
-                                     contrastive_weight, contrastive_margin)
+                                     contrastive_weight, contrastive_margin, entropy_weight,
+                                     reward)
         self.training_options = TrainingOptions(
             weights, monte_carlo_samples, selection,
             self.resolve_locations(locations),
             None if evaluation_locations is None else self.resolve_locations(evaluation_locations),
-            weight_decay, random_warmup_steps)
+            weight_decay, random_warmup_steps, exploration_epsilon, exploration_steps)
         self.backbone_optimizer = (tf.keras.optimizers.get(backbone_optimizer)
                                    if backbone_optimizer is not None else None)
         self.training_metrics = TrainingMetrics(
@@ -343,7 +380,7 @@ class TNet(tnet.TNet):
             with self.distribute_strategy.scope():
                 # Written once per step with the same value on every replica.
                 self.baseline = tf.Variable(
-                    losses.BASELINE_INITIAL, trainable=False, name="baseline",
+                    losses.initial_baseline(reward), trainable=False, name="baseline",
                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
     @property
@@ -359,9 +396,7 @@ class TNet(tnet.TNet):
                                         options.monte_carlo_samples)
         learning_rate = current_learning_rate(self.optimizer)
         penalty = None
-        random_cells = None
-        if options.random_warmup_steps:
-            random_cells = self.optimizer.iterations < options.random_warmup_steps
+        random_cells = exploration_probability(self.optimizer.iterations, options)
         with tf.GradientTape() as tape:
             outputs = self(images, locations=options.locations, training=True,
                            selection=options.selection, random_cells=random_cells)

@@ -208,6 +208,13 @@ def test_evaluation_can_yield_each_record_object_box(tmp_path):
         np.testing.assert_array_equal(images.numpy(), plain_images)
         np.testing.assert_array_equal(labels.numpy(), plain_labels)
         np.testing.assert_allclose(boxes.numpy(), [[0.25, 0.25, 0.75, 0.5]] * len(labels))
+    # Several boxes: the record's one box, then the padding no glimpse holds.
+    padded = pipeline.make_dataset(config(tmp_path, training=False, with_object_box=True,
+                                          object_boxes=3))
+    for _, labels, boxes in padded:
+        np.testing.assert_allclose(boxes.numpy(), [[[0.25, 0.25, 0.75, 0.5],
+                                                    list(pipeline.NO_BOX),
+                                                    list(pipeline.NO_BOX)]] * len(labels))
     with pytest.raises(ValueError, match="with_object_box needs the whole-image"):
         config(tmp_path, training=True, with_object_box=True)
     with pytest.raises(ValueError, match="with_object_box needs the whole-image"):

@@ -39,7 +39,9 @@ RECORD_OVERHEAD = 16
 # image to 224 px (no central crop) for TNet and BagNet-77 alike.
 CACHES = ("records", "decoded")   # InputConfig.cache
 EVAL_CENTRAL_FRACTION = {"fmow": None, "imagenet": None, "cub": None, "nabirds": None,
-                         "digits": None}
+                         "digits": None, "megapixel_mnist": None}
+# The padding of `InputConfig.object_boxes`: larger than the image, so no glimpse holds it.
+NO_BOX = (-1.0, -1.0, 2.0, 2.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +79,10 @@ class InputConfig:
       with_object_box: evaluation only: yield (image, label, box), `box` [4]
         the record's first object box (edge-normalised y1, x1, y2, x2; the
         whole image if it has none), e.g. to score where TNet looked.
+      object_boxes: with_object_box: how many boxes to yield. 1: `box` [4]
+        as above; more: `boxes` [object_boxes, 4], the record's first ones,
+        padded with `NO_BOX` (a box no glimpse holds), e.g. the 3 target
+        digits of a Megapixel-MNIST canvas.
     """
 
     file_pattern: str
@@ -97,6 +103,7 @@ class InputConfig:
     label_offset: int = 0
     cache: Optional[str] = None
     with_object_box: bool = False
+    object_boxes: int = 1
 
     def __post_init__(self):
         if self.image_size < 1 or self.batch_size < 1:
@@ -105,6 +112,8 @@ class InputConfig:
         fraction = self.eval_central_fraction
         if fraction is not None and not 0.0 < fraction <= 1.0:
             raise ValueError(f"eval_central_fraction must be in (0, 1], got {fraction}")
+        if self.object_boxes < 1:
+            raise ValueError(f"object_boxes must be >= 1, got {self.object_boxes}")
         if self.cache not in (None, *CACHES):
             raise ValueError(f"cache must be None or one of {', '.join(CACHES)}; "
                              f"got {self.cache!r}")
@@ -420,6 +429,11 @@ def _preprocess(example, seed, config: InputConfig):
 def _outputs(image, example, config: InputConfig):
     size = config.image_size
     image = tf.ensure_shape(image, [size, size, 3])
+    if config.with_object_box and config.object_boxes > 1:
+        count = config.object_boxes
+        padding = tf.tile(tf.constant([NO_BOX]), [count, 1])
+        boxes = tf.concat([example["boxes"][:count], padding], axis=0)[:count]
+        return image, example["label"], tf.ensure_shape(boxes, [count, 4])
     if config.with_object_box:
         boxes = tf.concat([example["boxes"], tf.constant([[0.0, 0.0, 1.0, 1.0]])], axis=0)
         return image, example["label"], boxes[0]
