@@ -115,15 +115,7 @@ def main(argv):
     plan = list(entry.recipes)
     if not FLAGS.full_res_baseline:
         plan.remove("baseline_256")
-    for number, stage in enumerate(plan, start=1):
-        elapsed = _minutes(time.time() - started)
-        if os.path.exists(os.path.join(FLAGS.model_dir, stage, "final", "checkpoint")):
-            print(f"[{number}/{len(plan) + 1}] {stage}: finished in an earlier run, kept")
-            continue
-        print(f"[{number}/{len(plan) + 1}] {stage} (elapsed {elapsed})", flush=True)
-        runner.run(entry, stage)
-    print(f"[{len(plan) + 1}/{len(plan) + 1}] report (elapsed {_minutes(time.time() - started)})",
-          flush=True)
+    runner.run_stages(entry, plan)
     from experiments import digits_report
     try:
         config = stages.prepare_data(runner.read_flags(entry, "evaluate"))
@@ -131,11 +123,7 @@ def main(argv):
         sys.exit(f"error: {error}")
     digits_report.report(config, [s for s in plan if s in BASELINES],
                          [s for s in plan if s in MGNET_STAGES])
-    print(f"digits demo finished in {_minutes(time.time() - started)}")
-
-
-def _minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+    print(f"digits demo finished in {runner.minutes(time.time() - started)}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,11 @@ Columns of `results.json` / `results.md` (one row per model and budget):
     (MGNet: the union of its glimpses 2..t whose region is at most
     glimpse_size canvas px wide);
   hit_rate_l<l>: % of attended level-l boxes that hold the whole digit box;
-  hit_rate_l<l>_chance: the same for cells chosen uniformly at random;
+  hit_rate_l<l>_chance: the same for cells chosen uniformly at random
+    (with several object boxes, e.g. Megapixel MNIST's target digits: boxes
+    that hold one of them);
+  location_entropy_l<l>: the mean entropy (nats) of the distributions that
+    chose the level-l cells (deeper levels than 3 are appended as columns);
   plus top5, attended_only_top1, coverage_level<l> and params.
 """
 from __future__ import annotations
@@ -44,7 +48,8 @@ def canvas_size(run: RunConfig) -> int:
 def test_dataset(run: RunConfig, size: int, batch_size: int = 100, with_boxes: bool = True):
     config = pipeline.input_config_for(
         run.entry.dataset, file_pattern=run.shard_pattern(run.eval_split), image_size=size,
-        batch_size=batch_size, training=False, with_object_box=with_boxes)
+        batch_size=batch_size, training=False, with_object_box=with_boxes,
+        object_boxes=run.entry.object_boxes)
     dataset = pipeline.make_dataset(config)
     return dataset.take(run.eval_steps) if run.eval_steps else dataset
 
@@ -75,7 +80,8 @@ def tnet_rows(run: RunConfig, canvas: int):
                    "gflops": profiling.count_flops_eq11(model, shape, **kwargs) / 1e9,
                    "ms_per_image": profiling.measure_time(model, shape, **TIMING, **kwargs)[0]}
             row["full_res_percent"] = full_res_percent(result, size, config, canvas)
-            row.update({k: v for k, v in result.items() if k.startswith("hit_rate")})
+            row.update({k: v for k, v in result.items()
+                        if k.startswith(("hit_rate", "location_entropy"))})
             row.update({k: result[k] for k in ("top5", "attended_only_top1")})
             row.update({k: v for k, v in result.items() if k.startswith("coverage")})
             row["params"] = model.count_params()
@@ -162,7 +168,9 @@ def report(run: RunConfig, baselines: Sequence[str], mgnets: Sequence[str] = ())
     folder = run.model_dir
     with open(os.path.join(folder, "results.json"), "w") as handle:
         json.dump(rows, handle, indent=1)
-    tables.write_table([{k: row.get(k) for k in COLUMNS} for row in rows],
+    levels = sorted({k for row in rows for k in row
+                     if k.startswith(("hit_rate", "location_entropy")) and k not in COLUMNS})
+    tables.write_table([{k: row.get(k) for k in COLUMNS + tuple(levels)} for row in rows],
                            os.path.join(folder, "results"), kinds=("md",))
     plot = plots.accuracy_vs_flops([os.path.join(folder, "results.json")],
                                    os.path.join(folder, "accuracy_vs_gflops.png"),

@@ -43,6 +43,10 @@ class Entry:
     tnet_stages: Tuple[str, ...]    # TNet training stages, last = the one evaluated
     # Writes the dataset into a folder when --data_dir has none (datasets we can generate).
     generate_data: Optional[Callable[[str], None]] = None
+    # Writes the tiny dataset of --smoke (None: the cluttered digits of `stages`).
+    smoke_data: Optional[Callable[[str], None]] = None
+    # Object boxes per evaluation record that policy hit rates count (the report).
+    object_boxes: int = 1
 
 
 @dataclasses.dataclass(frozen=True)

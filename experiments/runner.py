@@ -178,6 +178,28 @@ def run(entry: Entry, stage: Optional[str] = None):
         sys.exit(f"error: {error}")
 
 
+def run_stages(entry: Entry, plan: Sequence[str]) -> None:
+    """Runs the training stages `plan` in order (a demo's --stage=all), keeping
+    those an earlier run finished; prints each with the time elapsed."""
+    import os
+    import time
+
+    started = time.time()
+    for number, stage in enumerate(plan, start=1):
+        if os.path.exists(os.path.join(FLAGS.model_dir, stage, "final", "checkpoint")):
+            print(f"[{number}/{len(plan) + 1}] {stage}: finished in an earlier run, kept")
+            continue
+        print(f"[{number}/{len(plan) + 1}] {stage} (elapsed {minutes(time.time() - started)})",
+              flush=True)
+        run(entry, stage)
+    print(f"[{len(plan) + 1}/{len(plan) + 1}] report (elapsed "
+          f"{minutes(time.time() - started)})", flush=True)
+
+
+def minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
 def main_for(entry: Entry):
     """The absl `main` of an entry point."""
     def main(argv):

@@ -53,7 +53,7 @@ def prepare_data(config: RunConfig) -> RunConfig:
         return config
     if config.smoke and not config.data_dir:
         folder = os.path.join(config.model_dir, "smoke_data")
-        generate_once(folder, make_smoke_data, "smoke")
+        generate_once(folder, config.entry.smoke_data or make_smoke_data, "smoke")
         return config.replace(data_dir=folder, eval_split="test")
     if config.entry.generate_data is not None:
         config = config.replace(data_dir=config.data_dir or

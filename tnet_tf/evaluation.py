@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tnet_tf import budget as budget_lib, geometry
+from tnet_tf.losses import location_entropy
 
 COVERAGE_RESOLUTION = 256   # coverage is measured on this raster (exact for 1/256 multiples)
 
@@ -110,7 +111,9 @@ def evaluate_budgets(model, dataset: Iterable, budgets: Sequence[Sequence[int]],
     attended locations), coverage_level<l> (% of the image seen at level l)
     and, with object boxes, hit_rate_l<l> / hit_rate_l<l>_chance (% of the
     attended level-l boxes holding the whole object box, and the value for
-    uniformly random cells; see `hit_rates`).
+    uniformly random cells; see `hit_rates`) and location_entropy_l<l> (the
+    mean entropy in nats of the distributions that choose the level-l cells;
+    ln(n * n) is uniform).
     `attention_writer(budget, batch_start, labels, outputs)` receives every
     batch's outputs (e.g. an `AttentionCsv`).
     """
@@ -131,6 +134,8 @@ def evaluate_budgets(model, dataset: Iterable, budgets: Sequence[Sequence[int]],
                 totals.add("attended_only_top5", _top_k_correct(only, labels, 5))
             for level, boxes in enumerate(outputs["boxes"], start=1):
                 totals.add(f"coverage_level{level}", coverage(boxes))
+            for level, probs in enumerate(outputs["location_probs"], start=2):
+                totals.add(f"location_entropy_l{level}", location_entropy(probs))
             if len(batch) > 2:
                 for level, (hits, chance) in hit_rates(outputs, batch[2],
                                                        model.cell_boxes).items():
@@ -145,6 +150,8 @@ def evaluate_budgets(model, dataset: Iterable, budgets: Sequence[Sequence[int]],
             row[name] = 100.0 * totals.mean(name) if name in totals.sums else None
         row.update({name: 100.0 * totals.mean(name) for name in sorted(totals.sums)
                     if name.startswith(("coverage", "hit_rate"))})
+        row.update({name: totals.mean(name) for name in sorted(totals.sums)
+                    if name.startswith("location_entropy")})
         rows.append(row)
         if progress is not None:
             progress(f"locations {list(budget)}: top-1 {row['top1']:.2f} %, "
