@@ -229,7 +229,7 @@ def test_digits_generates_its_data_and_runs_every_stage(tmp_path):
 
 DIGITS_COLUMNS = ["model", "input_size", "locations", "glimpses", "accuracy", "gflops", "ms_per_image",
                   "full_res_percent", "hit_rate_l2", "hit_rate_l2_chance", "hit_rate_l3",
-                  "hit_rate_l3_chance"]
+                  "hit_rate_l3_chance", "location_entropy_l2", "location_entropy_l3"]
 
 
 @pytest.mark.slow
