@@ -152,10 +152,11 @@ def attention_grid(run: RunConfig, model, recipe, path: str) -> str:
     return plots.attention_grid(images.numpy(), outputs, labels.numpy(), path)
 
 
-def report(run: RunConfig, baselines: Sequence[str], mgnets: Sequence[str] = ()) -> list:
+def report(run: RunConfig, baselines: Sequence[str], mgnets: Sequence[str] = (),
+           extra_rows: Sequence[dict] = ()) -> list:
     """Evaluates TNet, `baselines` and `mgnets` (stage names) of the run's
-    folder; writes the table, the JSON, the accuracy-vs-GFLOPs plot and the
-    attention figures."""
+    folder; writes the table (with `extra_rows` last), the JSON, the
+    accuracy-vs-GFLOPs plot and the attention figures."""
     canvas = canvas_size(run)
     rows, model, recipe = tnet_rows(run, canvas)
     rows += [baseline_row(run, stage, canvas) for stage in baselines]
@@ -165,6 +166,7 @@ def report(run: RunConfig, baselines: Sequence[str], mgnets: Sequence[str] = ())
         rows += stage_rows
         figures.append(attention_grid(run, mgnet, mgnet_recipe,
                                       os.path.join(run.model_dir, f"attention_{stage}.png")))
+    rows += list(extra_rows)
     folder = run.model_dir
     with open(os.path.join(folder, "results.json"), "w") as handle:
         json.dump(rows, handle, indent=1)

@@ -36,6 +36,7 @@ MODEL_FLAGS = {
     "location_scale": "location_scale",
     "learn_location_scale": "learn_location_scale",
     "location_normalize": "location_normalize",
+    "glimpse_antialias": "glimpse_antialias",
 }
 # Recipe fields whose flag takes one of these values.
 ENUM_FLAGS = {"lr_schedule": SCHEDULES, "cache": CACHES, "selection": SELECTIONS,
@@ -50,6 +51,7 @@ _FLAG_HELP = {
     "cache": "Keep the training set in memory: 'records' (JPEG bytes) or 'decoded' (pixels).",
     "location_stop_gradient": "Detach the location module's inputs in training (the "
                               "authors' code).",
+    "glimpse_antialias": "Box-filter each glimpse (k x k image pixels per glimpse pixel).",
     "location_scale": "Multiply the location logits (1: the paper; larger: sharper).",
     "learn_location_scale": "Learn the location logits' scale, from --location_scale.",
     "location_normalize": "L2-normalise the location logits (the paper).",

@@ -71,6 +71,43 @@ def test_model_glimpses_first_the_whole_image_then_regions_inside_it():
     assert boxes.shape == (3, 4, 4) and boxes.min() >= 0.0 and boxes.max() <= 1.0
 
 
+def _bilinear(image, rows, cols):
+    r0, c0 = np.floor(rows).astype(int), np.floor(cols).astype(int)
+    fr, fc = (rows - r0)[:, None, None], (cols - c0)[None, :, None]
+    top = image[r0][:, c0] * (1 - fc) + image[r0][:, c0 + 1] * fc
+    bottom = image[r0 + 1][:, c0] * (1 - fc) + image[r0 + 1][:, c0 + 1] * fc
+    return (top * (1 - fr) + bottom * fr).astype(np.float32)
+
+
+def test_oracle_regions_are_centred_on_the_boxes_and_replace_the_localization():
+    boxes = tf.constant([[[0.40625, 0.2, 0.46875, 0.3], [0.0, 0.9, 0.1, 1.0]]])   # y1, x1, y2, x2
+    regions = mgnet.regions_around(boxes, 0.25).numpy()
+    # Centre (x1 + x2 - 1, y1 + y2 - 1) in [-1, 1]; the corner box is moved inside.
+    np.testing.assert_allclose(regions, [[[0.25, -0.5, -0.125], [0.25, 0.75, -0.75]]], atol=1e-6)
+    framed = mgnet.region_boxes(regions).numpy()
+    assert np.all(framed[..., :2] <= boxes.numpy()[..., :2] + 1e-6)
+    assert np.all(framed[..., 2:] >= boxes.numpy()[..., 2:] - 1e-6)
+
+    config = tiny_config(glimpses=3)
+    model = tnet_tf.MGNet(config)
+    images = random_images(batch=1)
+    outputs = model(images, training=False, regions=regions)
+    np.testing.assert_allclose(outputs["regions"][:, 1:], regions, atol=1e-7)
+    # The second glimpse is pixels 20:36 x 8:24 of the 64 px image, sampled by hand:
+    # output pixel i reads source coordinate start - 0.25 + i / 2 (half-pixel centres).
+    np.testing.assert_allclose(framed[0, 0] * 64, [20, 8, 36, 24], atol=1e-5)
+    crop = _bilinear(images.numpy()[0], 20 - 0.25 + np.arange(32) / 2,
+                     8 - 0.25 + np.arange(32) / 2)[None]
+    mgnet.set_backbone_level(model.backbone, 2)
+    np.testing.assert_allclose(outputs["features"][:, 1], model.backbone(crop)[1], atol=1e-4)
+    labels = tf.constant([1])
+    model.compile(tf.keras.optimizers.Adam(1e-3))
+    history = model.fit((images, regions), labels, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    with pytest.raises(ValueError, match=r"regions must be \[batch, >= 2, 3\]"):
+        model(images, regions=regions[:, :1])
+
+
 def test_scale_gradient_scales_only_the_gradient():
     x = tf.constant([1.0, -2.0, 3.0])
     with tf.GradientTape() as tape:

@@ -181,24 +181,49 @@ def test_fit_with_every_option_on_trains_and_logs_the_entropy():
     assert float(model.baseline) != 0.0
 
 
+def _block_mean(image, k):
+    h, w, c = image.shape
+    return image.reshape(h // k, k, w // k, k, c).mean(axis=(1, 3))
+
+
+def test_antialiased_glimpses_are_box_filtered_blocks_of_the_image():
+    images = tf.random.stateless_uniform([2, 128, 128, 3], [3, 4], -1.0, 1.0)
+    whole = tf.constant([[[0.0, 0.0, 1.0, 1.0]]] * 2)
+    corner = tf.constant([[[0.0, 0.0, 0.5, 0.5]]] * 2)          # a level-2 cell: 64 px
+    model = tnet_tf.TNet(tiny_config(glimpse_antialias=True))   # 32 px base
+    pixels = images.numpy()
+    np.testing.assert_allclose(model.glimpses(images, whole, 1)[1], _block_mean(pixels[1], 4),
+                               atol=1e-5)
+    np.testing.assert_allclose(model.glimpses(images, corner, 2)[0],
+                               _block_mean(pixels[0, :64, :64], 2), atol=1e-5)
+    # Off (the paper): one bilinear sample per pixel, as tf.image.resize without antialias.
+    plain = tnet_tf.TNet(tiny_config())
+    np.testing.assert_allclose(plain.glimpses(images, whole, 1),
+                               tf.image.resize(images, [32, 32], antialias=False), atol=1e-5)
+    outputs = model(images, locations=[2, 1], training=False)
+    assert outputs["logits"].shape == (2, 5)
+
+
 def test_every_option_is_a_flag_of_the_recipe_or_the_model():
     values = flags.FlagValues()
     runner.define_flags(FMOW, default_stage="train_448", flag_values=values)
     values(["prog", "--model_dir=/tmp/x", "--selection=sample", "--reward=log_prob_gain",
             "--entropy_weight=0.05", "--exploration_epsilon=0.2", "--exploration_steps=300",
-            "--location_scale=5", "--learn_location_scale", "--nolocation_normalize"])
+            "--location_scale=5", "--learn_location_scale", "--nolocation_normalize",
+            "--glimpse_antialias"])
     config = runner.read_flags(FMOW, flag_values=values)
     recipe, model = config.recipe, config.model_config
     assert (recipe.selection, recipe.reward, recipe.entropy_weight, recipe.exploration_epsilon,
             recipe.exploration_steps) == ("sample", "log_prob_gain", 0.05, 0.2, 300)
-    assert (model.location_scale, model.learn_location_scale, model.location_normalize) == \
-        (5.0, True, False)
+    assert (model.location_scale, model.learn_location_scale, model.location_normalize,
+            model.glimpse_antialias) == (5.0, True, False, True)
     # Off in the paper presets.
     paper = runner.read_flags(FMOW, flag_values=_fresh_values())
     assert (paper.recipe.selection, paper.recipe.reward, paper.recipe.entropy_weight,
             paper.recipe.exploration_epsilon) == ("top_k", "correct", 0.0, 0.0)
     assert (paper.model_config.location_scale, paper.model_config.learn_location_scale,
-            paper.model_config.location_normalize) == (1.0, False, True)
+            paper.model_config.location_normalize, paper.model_config.glimpse_antialias) == \
+        (1.0, False, True, False)
     bad = _fresh_values(["--reward=accuracy"])
     assert bad is None
 

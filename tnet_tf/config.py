@@ -132,6 +132,11 @@ class TNetConfig:
         location logits (`modules.location_logits`): L2-normalised (the
         paper) or raw, times a scale (1: the paper; a larger scale sharpens
         the distribution), fixed or learnt (starting at `location_scale`).
+      glimpse_antialias: average k x k samples per glimpse pixel, k = the
+        whole number of image pixels per glimpse pixel at that level (a box
+        filter), so thin strokes survive a large downscale; needs images of
+        static size (otherwise k = 1). False: one bilinear sample per pixel,
+        as the paper's code resizes (no antialias).
     """
 
     num_classes: int = 62
@@ -156,6 +161,7 @@ class TNetConfig:
     location_normalize: bool = True
     location_scale: float = 1.0
     learn_location_scale: bool = False
+    glimpse_antialias: bool = False
 
     def __post_init__(self):
         if isinstance(self.backbone, dict):

@@ -144,6 +144,17 @@ def region_boxes(regions):
                      (y + scale + 1.0) / 2.0, (x + scale + 1.0) / 2.0], axis=-1)
 
 
+def regions_around(boxes, scale: float):
+    """Edge-normalised boxes [..., 4] -> regions [..., 3] of side `scale`
+    centred on each box (moved inside the image where the box is near an edge):
+    the glimpses an oracle that knows where the objects are would take."""
+    y1, x1, y2, x2 = tf.unstack(tf.cast(boxes, tf.float32), axis=-1)
+    limit = 1.0 - scale
+    centre_x = tf.clip_by_value(x1 + x2 - 1.0, -limit, limit)
+    centre_y = tf.clip_by_value(y1 + y2 - 1.0, -limit, limit)
+    return tf.stack([tf.fill(tf.shape(centre_x), float(scale)), centre_x, centre_y], axis=-1)
+
+
 def affine_matrices(regions):
     """The flattened matrices A of eq. (1), [a_s, 0, a_x, 0, a_s, a_y]: [..., 6]."""
     scale, x, y = tf.unstack(regions, axis=-1)
@@ -193,14 +204,24 @@ class FeatureFusion(layers.Layer):
 # The model
 
 
+def _unpack(data):
+    """(images, labels) or ((images, regions), labels) -> images, regions or None, labels."""
+    x, labels, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
+    images, regions = x if isinstance(x, (tuple, list)) else (x, None)
+    return images, regions, tf.cast(labels, tf.int32)
+
+
 class MGNet(tf.keras.Model):
     """MGNet as a Keras model with its learning rule (`compile`, `fit`).
 
-    `model(images, glimpses=None, training=False)`
+    `model(images, glimpses=None, training=False, regions=None)`
 
     Args:
       images: [B, H, W, 3] float images in [-1, 1] at full resolution.
       glimpses: how many glimpses to take (early exit); None: config.glimpses.
+      regions: [B, >= T - 1, 3], fixed regions (a_s, a_x, a_y) of the glimpses
+        after the first, in place of the localization head's, e.g. an oracle's
+        (`regions_around`). `fit` / `evaluate` take them as x = (images, regions).
 
     Returns a dict (T = glimpses taken):
       logits: [B, classes], the global classifier after the last glimpse.
@@ -246,13 +267,18 @@ class MGNet(tf.keras.Model):
         set_backbone_level(self.backbone, min(step, 1) + 1)
         return self.backbone(glimpse, training=training)[1]
 
-    def call(self, images, glimpses=None, training=None):
+    def call(self, images, glimpses=None, training=None, regions=None):
         steps = self.resolve_glimpses(glimpses)
         images = tf.convert_to_tensor(images)
         if images.shape.rank != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be a [batch, height, width, 3] tensor; got shape "
                              f"{images.shape}")
         config = self.config
+        fixed = None if regions is None else tf.cast(regions, tf.float32)
+        if fixed is not None and (fixed.shape.rank != 3 or fixed.shape[-1] != 3
+                                  or (fixed.shape[1] is not None and fixed.shape[1] < steps - 1)):
+            raise ValueError(f"regions must be [batch, >= {steps - 1}, 3] for {steps} glimpses; "
+                             f"got shape {fixed.shape}")
         regions = tf.tile(tf.constant([IDENTITY_REGION]), [tf.shape(images)[0], 1])
         tokens, features, fused, step_logits, glimpse_logits, all_regions = [], [], [], [], [], []
         for step in range(steps):
@@ -266,7 +292,9 @@ class MGNet(tf.keras.Model):
             features.append(feature)
             fused.append(state)
             all_regions.append(regions)
-            if step + 1 < steps:
+            if step + 1 < steps and fixed is not None:
+                regions = fixed[:, step]
+            elif step + 1 < steps:
                 unit = tf.sigmoid(tf.cast(self.localization(state), tf.float32))
                 regions = regions_from_unit(scale_gradient(unit, config.gradient_scale),
                                             config.min_scale, config.max_scale)
@@ -328,11 +356,11 @@ class MGNet(tf.keras.Model):
         return {metric.name: metric.result() for metric in self.metrics}
 
     def train_step(self, data):
-        images, labels, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
-        labels = tf.cast(labels, tf.int32)
+        images, regions, labels = _unpack(data)
         penalty = None
         with tf.GradientTape() as tape:
-            outputs = self(images, glimpses=self.training_glimpses, training=True)
+            outputs = self(images, glimpses=self.training_glimpses, training=True,
+                           regions=regions)
             terms = losses.mgnet_loss(outputs["step_logits"], outputs["glimpse_logits"],
                                       labels, self.glimpse_loss_weight)
             loss = tf.nn.compute_average_loss(terms["total"])
@@ -347,9 +375,8 @@ class MGNet(tf.keras.Model):
         return self._update_metrics(terms, labels, outputs["logits"], penalty)
 
     def test_step(self, data):
-        images, labels, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
-        labels = tf.cast(labels, tf.int32)
-        outputs = self(images, glimpses=self.training_glimpses, training=False)
+        images, regions, labels = _unpack(data)
+        outputs = self(images, glimpses=self.training_glimpses, training=False, regions=regions)
         # The glimpse classifier is a training head: evaluated here for the loss only.
         glimpse_logits = self.glimpse_classifier(outputs["features"], training=False)
         terms = losses.mgnet_loss(outputs["step_logits"], glimpse_logits, labels,

@@ -174,9 +174,15 @@ class TNet(tf.keras.Model):
                 f"most {reachable} level(s)")
 
     def _glimpse_features(self, images, boxes, training, level, windows=None):
-        """Crops boxes [B, P, 4] from the images (with `windows`, the integer
-        grid's (pixel windows [B, P, 4], their valid parts [B, P, 4], their
-        (h, w)), cuts those and resizes them); returns the backbone outputs."""
+        """The backbone outputs of the glimpses `glimpses` cuts."""
+        glimpses = self.glimpses(images, boxes, level, windows)
+        set_backbone_level(self.backbone, level)
+        return self.backbone(glimpses, training=training)
+
+    def glimpses(self, images, boxes, level: int, windows=None):
+        """Crops boxes [B, P, 4] from the images at the base resolution (with
+        `windows`, the integer grid's (pixel windows [B, P, 4], their valid parts
+        [B, P, 4], their (h, w)), cuts those and resizes them): [B * P, r, r, 3]."""
         count = boxes.shape[1]
         shape = tf.shape(images)
         indices = tf.repeat(tf.range(shape[0]), count)
@@ -186,16 +192,24 @@ class TNet(tf.keras.Model):
             corners, valid, extent = windows
             cells = geometry.cut_windows(images, tf.reshape(corners[..., :2], [-1, 2]),
                                          _whole(extent), tf.reshape(valid, [-1, 4]), indices)
-            glimpses = tf.image.resize(cells, size, method="bilinear", antialias=False)
-            set_backbone_level(self.backbone, level)
-            return self.backbone(glimpses, training=training)
+            return tf.image.resize(cells, size, method="bilinear", antialias=False)
+        factor = self._antialias_factor(images, level)
         crop_boxes = geometry.crop_and_resize_boxes(tf.reshape(boxes, [-1, 4]), shape[1],
-                                                    shape[2], self.config.base_resolution)
+                                                    shape[2], self.config.base_resolution * factor)
         # XLA has no CropAndResize kernel: compiled steps take the gather version.
         crop = geometry.crop_and_resize if self.xla_compatible else tf.image.crop_and_resize
-        glimpses = crop(tf.cast(images, tf.float32), crop_boxes, indices, size)
-        set_backbone_level(self.backbone, level)
-        return self.backbone(glimpses, training=training)
+        glimpses = crop(tf.cast(images, tf.float32), crop_boxes, indices,
+                        [s * factor for s in size])
+        return tf.nn.avg_pool2d(glimpses, factor, factor, "VALID") if factor > 1 else glimpses
+
+    def _antialias_factor(self, images, level: int) -> int:
+        """k of `TNetConfig.glimpse_antialias`: whole image pixels per glimpse pixel
+        of a level-`level` cell (1 when off or the image size is not static)."""
+        height, width = images.shape[1], images.shape[2]
+        if not self.config.glimpse_antialias or height is None or width is None:
+            return 1
+        pixels = min(height, width) * self.config.cell_fraction ** (level - 1) / self.config.base_resolution
+        return max(1, int(pixels + 1e-6))
 
     def _integer_cells(self, windows, image_size, index, shape):
         """The integer grid's windows (see `_glimpse_features`) of the cells

@@ -118,6 +118,21 @@ def test_per_dataset_evaluation_resize(tmp_path):
         pipeline.input_config_for("mnist", file_pattern="x")
 
 
+def test_megapixel_mnist_resizes_with_antialias(tmp_path):
+    # Its 2-3 px strokes fall between the samples of a plain 3x bilinear downscale.
+    assert not pipeline.input_config_for("fmow", file_pattern="x").antialias
+    write_shards(tmp_path, num_shards=1, per_shard=2)
+    inputs = pipeline.input_config_for(
+        "megapixel_mnist", file_pattern=str(tmp_path / "train-*"), image_size=16, batch_size=2,
+        training=False)
+    images = next(iter(pipeline.make_dataset(inputs)))[0].numpy()
+    pixels = tf.cast(tf.io.decode_jpeg(smooth_jpeg(1)), tf.float32) / 255.0
+    smooth = tf.image.resize(pixels, [16, 16], antialias=True) * 2.0 - 1.0
+    np.testing.assert_allclose(images[1], smooth.numpy(), atol=1e-5)
+    plain = tf.image.resize(pixels, [16, 16]) * 2.0 - 1.0
+    assert np.abs(images[1] - plain.numpy()).max() > 1e-3
+
+
 def test_each_host_reads_its_own_shards_with_per_replica_batches(tmp_path):
     write_shards(tmp_path, num_shards=4, per_shard=3)
     seen = []

@@ -63,10 +63,11 @@ def sample_crop_window(image_shape, seed, boxes=None,
     return begin[0], begin[1], size[0], size[1]
 
 
-def resize(image, size: int, method: str = "bilinear"):
-    """Resizes an image to size x size (no antialias), float32 clipped to [0, 1]."""
+def resize(image, size: int, method: str = "bilinear", antialias: bool = False):
+    """Resizes an image to size x size (no antialias unless asked), float32
+    clipped to [0, 1]."""
     resized = tf.image.resize(to_unit_range(image), [size, size], method=method,
-                              antialias=False)
+                              antialias=antialias)
     return tf.clip_by_value(tf.ensure_shape(resized, [size, size, 3]), 0.0, 1.0)
 
 
@@ -154,9 +155,11 @@ def train_jpeg(encoded, size: int, seed, boxes=None):
     return augment_crop(crop, size, seeds[1])
 
 
-def eval_image(image, size: int, central_fraction: Optional[float] = None):
-    """Evaluation: optional central crop of `central_fraction`, bilinear resize; [-1, 1]."""
+def eval_image(image, size: int, central_fraction: Optional[float] = None,
+               antialias: bool = False):
+    """Evaluation: optional central crop of `central_fraction`, bilinear resize
+    (antialiased if asked); [-1, 1]."""
     image = to_unit_range(image)
     if central_fraction is not None and central_fraction < 1.0:
         image = tf.image.central_crop(image, central_fraction)
-    return to_signed_range(resize(image, size, "bilinear"))
+    return to_signed_range(resize(image, size, "bilinear", antialias))
