@@ -45,7 +45,13 @@ def canvas_size(run: RunConfig) -> int:
         return int(json.load(handle)["spec"]["canvas_size"])
 
 
-def test_dataset(run: RunConfig, size: int, batch_size: int = 100, with_boxes: bool = True):
+# Test batches hold at most this many pixels (and 100 canvases): 10 canvases of
+# 1500 px, so that evaluating Megapixel MNIST stays within a few GB.
+BATCH_PIXELS = 24_000_000
+
+
+def test_dataset(run: RunConfig, size: int, batch_size: int = None, with_boxes: bool = True):
+    batch_size = batch_size or max(1, min(100, BATCH_PIXELS // (size * size)))
     config = pipeline.input_config_for(
         run.entry.dataset, file_pattern=run.shard_pattern(run.eval_split), image_size=size,
         batch_size=batch_size, training=False, with_object_box=with_boxes,

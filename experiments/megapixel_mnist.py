@@ -111,6 +111,7 @@ def pretrain_backbone(run: RunConfig, stage: str = PRETRAIN_STAGE) -> str:
     when it exists."""
     import tensorflow as tf
 
+    from tnet_tf import checkpoints
     folder = os.path.join(run.model_dir, stage)
     final = os.path.join(folder, "final")
     if os.path.exists(os.path.join(final, "checkpoint")):
@@ -131,7 +132,8 @@ def pretrain_backbone(run: RunConfig, stage: str = PRETRAIN_STAGE) -> str:
                          run_eagerly=run.smoke)
     print(f"{stage}: {epochs} epochs x {steps} steps of {batch} canvases (3 digit glimpses "
           f"each, {base} px, sides {PRETRAIN_SCALES[0]:g}-{PRETRAIN_SCALES[1]:g} of the canvas)")
-    model.fit(data, epochs=epochs, steps_per_epoch=steps, verbose=2 if run.smoke else 1)
+    model.fit(data, epochs=epochs, steps_per_epoch=steps, verbose=2 if run.smoke else 1,
+              callbacks=checkpoints.training_callbacks(folder, save_every=run.save_every))
     stages.save_final_weights(model, final, tf.distribute.get_strategy())
     print(f"{stage}: final weights in {final}")
     return final
@@ -140,10 +142,11 @@ def pretrain_backbone(run: RunConfig, stage: str = PRETRAIN_STAGE) -> str:
 def oracle_row(run: RunConfig, stage: str = "mgnet_512") -> dict:
     """Trains and tests MGNet with glimpses 2..T fixed on the target digits (the
     stage's recipe; regions of its smallest scale centred on each digit box).
-    The row is kept in <output_dir>/mgnet_oracle_512/row.json for reruns."""
+    The row is kept in <output_dir>/mgnet_oracle_512/row.json for reruns; an
+    interrupted training resumes from its backup there."""
     import tensorflow as tf
 
-    from tnet_tf import mgnet, profiling
+    from tnet_tf import checkpoints, mgnet, profiling
     from experiments import digits_report
 
     path = os.path.join(run.model_dir, f"mgnet_oracle_{stage.split('_')[-1]}", "row.json")
@@ -167,7 +170,9 @@ def oracle_row(run: RunConfig, stage: str = "mgnet_512") -> dict:
     print(f"mgnet_oracle: {recipe.epochs} epochs x {steps} steps, glimpses 2-{recipe.glimpses} "
           f"on the target digits (regions of {scale:g} of the side)")
     model.fit(data("train", True), epochs=recipe.epochs, steps_per_epoch=steps,
-              verbose=2 if run.smoke else 1)
+              verbose=2 if run.smoke else 1,
+              callbacks=checkpoints.training_callbacks(os.path.dirname(path),
+                                                       save_every=run.save_every))
     test = data(run.eval_split, False)
     if run.eval_steps:
         test = test.take(run.eval_steps)
