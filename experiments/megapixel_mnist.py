@@ -103,6 +103,25 @@ def digit_glimpses(images, labels, boxes, base: int, scales=PRETRAIN_SCALES):
     return glimpses, tf.repeat(tf.cast(labels, tf.int32), count)
 
 
+def _fit(run: RunConfig, recipe, model_config, data, folder: str):
+    """Builds, compiles and fits the recipe's model on `data` (an epoch: the
+    training canvases over the recipe's batch; 2 steps with --smoke), with
+    backups in `folder` so that an interrupted fit resumes; returns it."""
+    import tensorflow as tf
+
+    from tnet_tf import checkpoints
+    examples = stages.count_examples(run, "train", recipe)
+    steps = run.steps_per_epoch or max(1, examples // recipe.global_batch_size)
+    if run.smoke:
+        steps = min(steps, 2)
+    tf.keras.utils.set_random_seed(run.seed)
+    model = stages.build_model(recipe, model_config)
+    stages.compile_model(model, recipe, steps * recipe.epochs, run_eagerly=run.smoke)
+    model.fit(data, epochs=recipe.epochs, steps_per_epoch=steps, verbose=2 if run.smoke else 1,
+              callbacks=checkpoints.training_callbacks(folder, save_every=run.save_every))
+    return model
+
+
 def pretrain_backbone(run: RunConfig, stage: str = PRETRAIN_STAGE) -> str:
     """Trains the backbone and classifier of the TNet stage `run` as a digit
     classifier on glimpses of the training canvases' target digits
@@ -111,29 +130,18 @@ def pretrain_backbone(run: RunConfig, stage: str = PRETRAIN_STAGE) -> str:
     when it exists."""
     import tensorflow as tf
 
-    from tnet_tf import checkpoints
     folder = os.path.join(run.model_dir, stage)
     final = os.path.join(folder, "final")
     if os.path.exists(os.path.join(final, "checkpoint")):
         return final
     base, batch = run.model_config.base_resolution, 16
-    recipe = run.recipe.replace(model="baseline", epochs=PRETRAIN_EPOCHS, lr_schedule="cosine",
-                                input_size=base)
-    examples = stages.count_examples(run, "train", recipe)
-    steps = run.steps_per_epoch or max(1, examples // batch)
-    epochs = recipe.epochs
-    if run.smoke:
-        steps, epochs = min(steps, 2), 1
-    tf.keras.utils.set_random_seed(run.seed)
+    recipe = run.recipe.replace(model="baseline", epochs=1 if run.smoke else PRETRAIN_EPOCHS,
+                                lr_schedule="cosine", input_size=base, global_batch_size=batch)
     data = canvases_with_boxes(run, "train", run.recipe.input_size, batch, repeat=True).map(
         lambda images, labels, boxes: digit_glimpses(images, labels, boxes, base))
-    model = stages.build_model(recipe, run.model_config)
-    stages.compile_model(model, recipe.replace(epochs=epochs), steps * epochs,
-                         run_eagerly=run.smoke)
-    print(f"{stage}: {epochs} epochs x {steps} steps of {batch} canvases (3 digit glimpses "
+    print(f"{stage}: {recipe.epochs} epochs of {batch} canvases a step (3 digit glimpses "
           f"each, {base} px, sides {PRETRAIN_SCALES[0]:g}-{PRETRAIN_SCALES[1]:g} of the canvas)")
-    model.fit(data, epochs=epochs, steps_per_epoch=steps, verbose=2 if run.smoke else 1,
-              callbacks=checkpoints.training_callbacks(folder, save_every=run.save_every))
+    model = _fit(run, recipe, run.model_config, data, folder)
     stages.save_final_weights(model, final, tf.distribute.get_strategy())
     print(f"{stage}: final weights in {final}")
     return final
@@ -144,9 +152,7 @@ def oracle_row(run: RunConfig, stage: str = "mgnet_512") -> dict:
     stage's recipe; regions of its smallest scale centred on each digit box).
     The row is kept in <output_dir>/mgnet_oracle_512/row.json for reruns; an
     interrupted training resumes from its backup there."""
-    import tensorflow as tf
-
-    from tnet_tf import checkpoints, mgnet, profiling
+    from tnet_tf import mgnet, profiling
     from experiments import digits_report
 
     path = os.path.join(run.model_dir, f"mgnet_oracle_{stage.split('_')[-1]}", "row.json")
@@ -160,19 +166,9 @@ def oracle_row(run: RunConfig, stage: str = "mgnet_512") -> dict:
         (images, mgnet.regions_around(boxes[:, :recipe.glimpses - 1], scale)), labels)
     data = lambda split, repeat: canvases_with_boxes(
         run, split, recipe.input_size, recipe.global_batch_size, repeat).map(regions)
-    examples = stages.count_examples(run, "train", recipe)
-    steps = run.steps_per_epoch or max(1, examples // recipe.global_batch_size)
-    if run.smoke:
-        steps = min(steps, 2)
-    tf.keras.utils.set_random_seed(run.seed)
-    model = stages.build_model(recipe, config)
-    stages.compile_model(model, recipe, steps * recipe.epochs, run_eagerly=run.smoke)
-    print(f"mgnet_oracle: {recipe.epochs} epochs x {steps} steps, glimpses 2-{recipe.glimpses} "
-          f"on the target digits (regions of {scale:g} of the side)")
-    model.fit(data("train", True), epochs=recipe.epochs, steps_per_epoch=steps,
-              verbose=2 if run.smoke else 1,
-              callbacks=checkpoints.training_callbacks(os.path.dirname(path),
-                                                       save_every=run.save_every))
+    print(f"mgnet_oracle: {recipe.epochs} epochs, glimpses 2-{recipe.glimpses} on the target "
+          f"digits (regions of {scale:g} of the side)")
+    model = _fit(run, recipe, config, data("train", True), os.path.dirname(path))
     test = data(run.eval_split, False)
     if run.eval_steps:
         test = test.take(run.eval_steps)
